@@ -1,0 +1,1 @@
+"""Distributed task scheduler: the scheduler service (API) and the code it shares with workers."""

@@ -1,0 +1,1 @@
+"""HTTP routes. Thin: validation by the schemas, work by the services."""

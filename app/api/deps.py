@@ -1,0 +1,39 @@
+"""Dependency aliases for routes. The services are built once in the lifespan (app.main)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.database.connection import Database
+from app.services.scheduler import Scheduler
+from app.services.worker_manager import WorkerManager
+
+
+def _scheduler(request: Request) -> Scheduler:
+    return request.app.state.scheduler  # type: ignore[no-any-return]
+
+
+def _workers(request: Request) -> WorkerManager:
+    return request.app.state.workers  # type: ignore[no-any-return]
+
+
+def _db(request: Request) -> Database:
+    return request.app.state.db  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _correlation_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("correlation_id")
+
+
+SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
+WorkersDep = Annotated[WorkerManager, Depends(_workers)]
+DatabaseDep = Annotated[Database, Depends(_db)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+CorrelationId = Annotated[str | None, Depends(_correlation_id)]

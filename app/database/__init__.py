@@ -1,0 +1,1 @@
+"""Persistence: tables, the engine, and the repositories that own every state transition."""

@@ -1,0 +1,345 @@
+"""Data access with domain verbs: admitting tasks, reading them, and the worker registry.
+Status changes of existing tasks live in transitions.py, not here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.database.tables import attempts, dependencies, tasks, workers
+from app.models.task import AttemptPublic, ReadyTask, TaskPublic, TaskStatus
+from app.models.worker import WorkerPublic
+
+BROKEN_DEPENDENCY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class UnknownDependency(Exception):
+    def __init__(self, index: int, dependency: str) -> None:
+        super().__init__(f"unknown task '{dependency}'")
+        self.index, self.dependency = index, dependency
+
+
+class DuplicateTask(Exception):
+    """The task id exists with a different body."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task '{task_id}' already exists with a different body")
+        self.task_id = task_id
+
+
+@dataclass
+class NewTask:
+    """A validated submission with every default resolved."""
+
+    task_id: str
+    task_type: str
+    payload: dict[str, Any]
+    priority: int
+    timeout: int
+    max_retries: int
+    fingerprint: str
+    correlation_id: str | None = None
+    scheduled_at: datetime | None = None
+    dependencies: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Admitted:
+    task_id: str
+    created: bool
+    ready: ReadyTask | None
+
+
+async def admit(conn: AsyncConnection, new: NewTask, *, now: datetime) -> Admitted:
+    """Insert one task (or recognise an identical resubmission) with its dependency edges."""
+    existing = (
+        await conn.execute(select(tasks.c.fingerprint).where(tasks.c.task_id == new.task_id))
+    ).first()
+    if existing is not None:
+        if existing.fingerprint != new.fingerprint:
+            raise DuplicateTask(new.task_id)
+        return Admitted(new.task_id, created=False, ready=None)
+    status, error, remaining = await _resolve_dependencies(conn, new.dependencies)
+    await conn.execute(
+        insert(tasks).values(
+            task_id=new.task_id,
+            task_type=new.task_type,
+            status=status,
+            priority=new.priority,
+            payload=new.payload,
+            error=error,
+            attempt=0,
+            max_retries=new.max_retries,
+            timeout=new.timeout,
+            correlation_id=new.correlation_id,
+            fingerprint=new.fingerprint,
+            remaining_dependencies=remaining,
+            has_dependents=False,
+            created_at=now,
+            updated_at=now,
+            scheduled_at=new.scheduled_at,
+            completed_at=None if status == TaskStatus.PENDING else now,
+        )
+    )
+    if new.dependencies:
+        await conn.execute(
+            insert(dependencies),
+            [{"task_id": new.task_id, "depends_on": d} for d in new.dependencies],
+        )
+    ready = None
+    if status == TaskStatus.PENDING and remaining == 0:
+        ready = ReadyTask(new.task_id, new.task_type, new.priority, new.scheduled_at)
+    return Admitted(new.task_id, created=True, ready=ready)
+
+
+async def _resolve_dependencies(
+    conn: AsyncConnection, deps: Sequence[str]
+) -> tuple[TaskStatus, str | None, int]:
+    """Mark the dependencies as having dependents and read their status in the same statement:
+    the row locks it takes make a dependency that completes concurrently either see the new edge
+    or be seen as completed here (never neither, which would strand the new task)."""
+    if not deps:
+        return TaskStatus.PENDING, None, 0
+    rows = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id.in_(sorted(deps)))
+            .values(has_dependents=True)
+            .returning(tasks.c.task_id, tasks.c.status)
+        )
+    ).all()
+    found = {r.task_id: TaskStatus(r.status) for r in rows}
+    for index, dep in enumerate(deps):
+        if dep not in found:
+            raise UnknownDependency(index, dep)
+    for dep in deps:
+        if found[dep] in BROKEN_DEPENDENCY:
+            verb = "failed" if found[dep] == TaskStatus.FAILED else "was cancelled"
+            status = TaskStatus.FAILED if found[dep] == TaskStatus.FAILED else TaskStatus.CANCELLED
+            return status, f"dependency '{dep}' {verb}", 0
+    return TaskStatus.PENDING, None, sum(1 for d in deps if found[d] != TaskStatus.COMPLETED)
+
+
+async def get_task(
+    conn: AsyncConnection, task_id: str, *, with_attempts: bool = True
+) -> TaskPublic | None:
+    row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
+    if row is None:
+        return None
+    deps = (
+        await conn.execute(
+            select(dependencies.c.depends_on).where(dependencies.c.task_id == task_id)
+        )
+    ).scalars()
+    task = _to_public(row, list(deps))
+    if with_attempts:
+        task.attempts = await list_attempts(conn, task_id)
+    return task
+
+
+async def list_attempts(conn: AsyncConnection, task_id: str) -> list[AttemptPublic]:
+    rows = await conn.execute(
+        select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.attempt)
+    )
+    return [AttemptPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def list_dependents(conn: AsyncConnection, task_id: str) -> list[str]:
+    rows = await conn.execute(
+        select(dependencies.c.task_id).where(dependencies.c.depends_on == task_id)
+    )
+    return list(rows.scalars())
+
+
+@dataclass
+class TaskFilter:
+    status: TaskStatus | None = None
+    task_type: str | None = None
+    worker_id: str | None = None
+
+    def apply(self, query: Any) -> Any:
+        if self.status is not None:
+            query = query.where(tasks.c.status == self.status)
+        if self.task_type is not None:
+            query = query.where(tasks.c.task_type == self.task_type)
+        if self.worker_id is not None:
+            query = query.where(tasks.c.worker_id == self.worker_id)
+        return query
+
+
+async def list_tasks(
+    conn: AsyncConnection, where: TaskFilter, *, limit: int, offset: int
+) -> tuple[list[TaskPublic], int]:
+    total = (await conn.execute(where.apply(select(func.count()).select_from(tasks)))).scalar_one()
+    page = await conn.execute(
+        where.apply(select(tasks))
+        .order_by(tasks.c.created_at.desc(), tasks.c.task_id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [_to_public(r, None) for r in page], int(total)
+
+
+async def dependency_results(
+    conn: AsyncConnection, task_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Results of each task's dependencies, handed to handlers as `dependency_results`."""
+    rows = await conn.execute(
+        select(dependencies.c.task_id, dependencies.c.depends_on, tasks.c.result)
+        .join(tasks, tasks.c.task_id == dependencies.c.depends_on)
+        .where(dependencies.c.task_id.in_(task_ids))
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r.task_id, {})[r.depends_on] = r.result
+    return out
+
+
+async def task_heads(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, Row[Any]]:
+    """Status, attempt and routing fields of several tasks, for sweeps and reconciliation."""
+    rows = await conn.execute(
+        select(
+            tasks.c.task_id,
+            tasks.c.status,
+            tasks.c.attempt,
+            tasks.c.task_type,
+            tasks.c.priority,
+            tasks.c.worker_id,
+            tasks.c.scheduled_at,
+            tasks.c.remaining_dependencies,
+        ).where(tasks.c.task_id.in_(task_ids))
+    )
+    return {r.task_id: r for r in rows}
+
+
+async def pending_ready_after(conn: AsyncConnection, after: str, *, limit: int) -> list[Row[Any]]:
+    """A page of pending tasks with no open dependency, in task-id order (a cursor for reconciling)."""
+    rows = await conn.execute(
+        select(
+            tasks.c.task_id,
+            tasks.c.task_type,
+            tasks.c.priority,
+            tasks.c.scheduled_at,
+            tasks.c.updated_at,
+        )
+        .where(
+            tasks.c.status == TaskStatus.PENDING,
+            tasks.c.remaining_dependencies == 0,
+            tasks.c.task_id > after,
+        )
+        .order_by(tasks.c.task_id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def running_after(conn: AsyncConnection, after: str, *, limit: int) -> list[Row[Any]]:
+    rows = await conn.execute(
+        select(tasks.c.task_id, tasks.c.worker_id)
+        .where(tasks.c.status == TaskStatus.RUNNING, tasks.c.task_id > after)
+        .order_by(tasks.c.task_id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+def _to_public(row: Row[Any], deps: list[str] | None) -> TaskPublic:
+    return TaskPublic(
+        task_id=row.task_id,
+        task_type=row.task_type,
+        status=row.status,
+        priority=row.priority,
+        payload=row.payload,
+        dependencies=deps or [],
+        worker_id=row.worker_id,
+        attempt=row.attempt,
+        max_retries=row.max_retries,
+        timeout=row.timeout,
+        created_at=row.created_at,
+        scheduled_at=row.scheduled_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        result=row.result,
+        error=row.error,
+        correlation_id=row.correlation_id,
+    )
+
+
+# --- workers -------------------------------------------------------------------------------
+
+
+async def register_worker(conn: AsyncConnection, values: dict[str, Any]) -> WorkerPublic:
+    """Insert or refresh a worker (a restarted worker keeps its id)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(workers).values(**values)
+    updates = {k: statement.excluded[k] for k in values if k not in ("worker_id", "registered_at")}
+    row = (
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[workers.c.worker_id], set_=updates
+            ).returning(*workers.c)
+        )
+    ).one()
+    return WorkerPublic.model_validate(row, from_attributes=True)
+
+
+async def heartbeat_worker(
+    conn: AsyncConnection, worker_id: str, values: dict[str, Any]
+) -> WorkerPublic | None:
+    row = (
+        await conn.execute(
+            update(workers)
+            .where(workers.c.worker_id == worker_id)
+            .values(**values)
+            .returning(*workers.c)
+        )
+    ).first()
+    return None if row is None else WorkerPublic.model_validate(row, from_attributes=True)
+
+
+async def extend_leases(
+    conn: AsyncConnection, worker_id: str, task_ids: Sequence[str], *, until: datetime
+) -> None:
+    """Push the database lease of a worker's running tasks (the backstop when Redis lost its own)."""
+    if task_ids:
+        await conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.task_id.in_(task_ids),
+                tasks.c.worker_id == worker_id,
+                tasks.c.status == TaskStatus.RUNNING,
+            )
+            .values(lease_expires_at=until)
+        )
+
+
+async def list_workers(conn: AsyncConnection) -> list[WorkerPublic]:
+    rows = await conn.execute(select(workers).order_by(workers.c.worker_id))
+    return [WorkerPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def mark_workers_offline(conn: AsyncConnection, *, silent_since: datetime) -> list[str]:
+    rows = await conn.execute(
+        update(workers)
+        .where(workers.c.last_heartbeat < silent_since, workers.c.status != "offline")
+        .values(status="offline")
+        .returning(workers.c.worker_id)
+    )
+    return list(rows.scalars())
+
+
+async def set_worker_status(conn: AsyncConnection, worker_id: str, status: str) -> bool:
+    rows = await conn.execute(
+        update(workers)
+        .where(workers.c.worker_id == worker_id)
+        .values(status=status)
+        .returning(workers.c.worker_id)
+    )
+    return rows.first() is not None

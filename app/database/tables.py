@@ -1,0 +1,136 @@
+"""SQLAlchemy table definitions. The database is the source of truth for tasks and workers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    task_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    task_type: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    result: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Number of the current (or last) attempt; 0 until the first start. Fences stale reports.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer)
+    timeout: Mapped[int] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(String(100))
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # Dependencies not yet completed; the task is ready when this is 0.
+    remaining_dependencies: Mapped[int] = mapped_column(Integer, default=0)
+    # Lets completion skip the dependents query for the common task nobody depends on.
+    has_dependents: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index(None, "status", "created_at"),
+        Index(None, "task_type", "status"),
+        Index(None, "worker_id", "status"),
+        Index(None, "created_at"),
+    )
+
+
+class DependencyRow(Base):
+    __tablename__ = "task_dependencies"
+
+    task_id: Mapped[str] = mapped_column(
+        String(100), ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True
+    )
+    depends_on: Mapped[str] = mapped_column(
+        String(100), ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index(None, "depends_on"),)
+
+
+class AttemptRow(Base):
+    __tablename__ = "task_attempts"
+
+    task_id: Mapped[str] = mapped_column(
+        String(100), ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str | None] = mapped_column(String(100))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerRow(Base):
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    capabilities: Mapped[list[str]] = mapped_column(JSONDoc)
+    max_concurrent_tasks: Mapped[int] = mapped_column(Integer)
+    current_tasks: Mapped[list[str]] = mapped_column(JSONDoc)
+    system_info: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    hostname: Mapped[str | None] = mapped_column(String(255))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+tasks = TaskRow.__table__
+dependencies = DependencyRow.__table__
+attempts = AttemptRow.__table__
+workers = WorkerRow.__table__

@@ -1,0 +1,269 @@
+"""Every change of a task's status happens here, each as one guarded statement.
+
+A guard names the status (and attempt) the task must still be in; no row back means the caller's
+view is stale (a late report, a duplicate claim, a sweep that lost a race) and nothing changes.
+The edges follow app.models.task.TRANSITIONS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, insert, select, text, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.database.tables import attempts, dependencies, tasks
+from app.models.task import AttemptOutcome, ReadyTask, TaskStatus
+
+P, R, C, F, X = (
+    TaskStatus.PENDING,
+    TaskStatus.RUNNING,
+    TaskStatus.COMPLETED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+)
+
+
+def _ready(row: Row[Any]) -> ReadyTask:
+    return ReadyTask(row.task_id, row.task_type, row.priority, row.scheduled_at)
+
+
+async def start(
+    conn: AsyncConnection,
+    task_ids: Sequence[str],
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Row[Any]]:
+    """pending -> running for the claimed tasks that are still pending and ready; opens an attempt."""
+    # One statement for the whole claim batch; attempt + 1 is the fencing token of this run.
+    rows = (
+        await conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.task_id.in_(task_ids),
+                tasks.c.status == P,
+                tasks.c.remaining_dependencies == 0,
+            )
+            .values(
+                status=R,
+                attempt=tasks.c.attempt + 1,
+                worker_id=worker_id,
+                started_at=now,
+                updated_at=now,
+                lease_expires_at=lease_until,
+            )
+            .returning(
+                tasks.c.task_id,
+                tasks.c.task_type,
+                tasks.c.payload,
+                tasks.c.attempt,
+                tasks.c.timeout,
+                tasks.c.correlation_id,
+            )
+        )
+    ).all()
+    if rows:
+        # Records this attempt's start; its end is filled in by _end_attempt.
+        await conn.execute(
+            insert(attempts),
+            [
+                {
+                    "task_id": r.task_id,
+                    "attempt": r.attempt,
+                    "worker_id": worker_id,
+                    "started_at": now,
+                    "outcome": AttemptOutcome.RUNNING,
+                }
+                for r in rows
+            ],
+        )
+    return list(rows)
+
+
+async def complete(
+    conn: AsyncConnection, task_id: str, attempt: int, *, result: Any, now: datetime
+) -> list[ReadyTask] | None:
+    """running -> completed for the current attempt. Returns the dependents this made ready,
+    or None when the report was stale."""
+    row = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt)
+            .values(
+                status=C,
+                result=result,
+                error=None,
+                completed_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+            )
+            .returning(tasks.c.has_dependents)
+        )
+    ).first()
+    if row is None:
+        return None
+    await _end_attempt(conn, task_id, attempt, AttemptOutcome.COMPLETED, None, now)
+    return await _release_dependents(conn, task_id, now) if row.has_dependents else []
+
+
+async def _release_dependents(
+    conn: AsyncConnection, task_id: str, now: datetime
+) -> list[ReadyTask]:
+    # Row locks serialise concurrent completions of a shared dependent, so exactly one of them
+    # sees the counter reach zero and queues it.
+    waiting = select(dependencies.c.task_id).where(dependencies.c.depends_on == task_id)
+    rows = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id.in_(waiting), tasks.c.status == P)
+            .values(remaining_dependencies=tasks.c.remaining_dependencies - 1, updated_at=now)
+            .returning(
+                tasks.c.task_id,
+                tasks.c.task_type,
+                tasks.c.priority,
+                tasks.c.scheduled_at,
+                tasks.c.remaining_dependencies,
+            )
+        )
+    ).all()
+    return [_ready(r) for r in rows if r.remaining_dependencies == 0]
+
+
+async def retry(
+    conn: AsyncConnection,
+    task_id: str,
+    attempt: int,
+    *,
+    outcome: AttemptOutcome,
+    error: str | None,
+    run_at: datetime,
+    now: datetime,
+    extra_attempts: int = 0,
+) -> ReadyTask | None:
+    """running -> pending (to run again at run_at) while attempts remain; None when none remain
+    or the report is stale. `extra_attempts` allows re-runs beyond max_retries (lost workers)."""
+    row = (
+        await conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.task_id == task_id,
+                tasks.c.status == R,
+                tasks.c.attempt == attempt,
+                tasks.c.attempt <= tasks.c.max_retries + extra_attempts,
+            )
+            .values(
+                status=P,
+                worker_id=None,
+                error=error,
+                scheduled_at=run_at,
+                updated_at=now,
+                lease_expires_at=None,
+            )
+            .returning(tasks.c.task_id, tasks.c.task_type, tasks.c.priority, tasks.c.scheduled_at)
+        )
+    ).first()
+    if row is None:
+        return None
+    await _end_attempt(conn, task_id, attempt, outcome, error, now)
+    return _ready(row)
+
+
+async def fail(
+    conn: AsyncConnection,
+    task_id: str,
+    attempt: int,
+    *,
+    outcome: AttemptOutcome,
+    error: str | None,
+    now: datetime,
+) -> list[str] | None:
+    """running -> failed for the current attempt; its pending dependents fail with it.
+    Returns the ids of the dependents that failed, or None when the report was stale."""
+    row = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt)
+            .values(status=F, error=error, completed_at=now, updated_at=now, lease_expires_at=None)
+            .returning(tasks.c.has_dependents)
+        )
+    ).first()
+    if row is None:
+        return None
+    await _end_attempt(conn, task_id, attempt, outcome, error, now)
+    if not row.has_dependents:
+        return []
+    return await end_dependents(
+        conn, task_id, status=F, reason=f"dependency '{task_id}' failed", now=now
+    )
+
+
+async def end_dependents(
+    conn: AsyncConnection, task_id: str, *, status: TaskStatus, reason: str, now: datetime
+) -> list[str]:
+    """pending -> failed/cancelled for every task that (transitively) waits on task_id, so that no
+    dependent waits forever for a dependency that will never complete."""
+    statement = text(
+        """
+        WITH RECURSIVE doomed(task_id) AS (
+            SELECT task_id FROM task_dependencies WHERE depends_on = :root
+            UNION
+            SELECT d.task_id FROM task_dependencies d JOIN doomed ON d.depends_on = doomed.task_id
+        )
+        UPDATE tasks SET status = :status, error = :reason, completed_at = :now, updated_at = :now
+        WHERE status = 'pending' AND task_id IN (SELECT task_id FROM doomed)
+        RETURNING task_id
+        """
+    ).bindparams(bindparam("now", type_=tasks.c.updated_at.type))
+    rows = await conn.execute(
+        statement, {"root": task_id, "status": status.value, "reason": reason, "now": now}
+    )
+    return [r.task_id for r in rows]
+
+
+async def requeue(
+    conn: AsyncConnection,
+    task_id: str,
+    attempt: int,
+    *,
+    outcome: AttemptOutcome,
+    now: datetime,
+    error: str | None = None,
+) -> ReadyTask | None:
+    """running -> pending at once: the attempt ended without a verdict (worker lost or handed back)."""
+    row = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt)
+            .values(
+                status=P, worker_id=None, scheduled_at=None, updated_at=now, lease_expires_at=None
+            )
+            .returning(tasks.c.task_id, tasks.c.task_type, tasks.c.priority, tasks.c.scheduled_at)
+        )
+    ).first()
+    if row is None:
+        return None
+    await _end_attempt(conn, task_id, attempt, outcome, error, now)
+    return _ready(row)
+
+
+async def _end_attempt(
+    conn: AsyncConnection,
+    task_id: str,
+    attempt: int,
+    outcome: AttemptOutcome,
+    error: str | None,
+    now: datetime,
+) -> None:
+    # Only an open attempt is closed: the history of a finished attempt is never rewritten.
+    await conn.execute(
+        update(attempts)
+        .where(
+            and_(attempts.c.task_id == task_id, attempts.c.attempt == attempt),
+            attempts.c.outcome == AttemptOutcome.RUNNING,
+        )
+        .values(outcome=outcome, error=error, ended_at=now)
+    )

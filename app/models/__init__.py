@@ -1,0 +1,1 @@
+"""Pydantic schemas and the task state machine. No I/O here."""

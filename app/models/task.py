@@ -1,0 +1,152 @@
+"""Task schemas and the task state machine (statuses and the transitions allowed between them)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
+NAME_RE = re.compile(NAME_PATTERN)
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+# Every guarded statement in app/database/transitions.py moves a task along one of these edges;
+# tests/test_state_machine.py checks that the SQL guards agree with this table.
+TRANSITIONS: dict[str, tuple[frozenset[TaskStatus], TaskStatus]] = {
+    "start": (frozenset({TaskStatus.PENDING}), TaskStatus.RUNNING),
+    "complete": (frozenset({TaskStatus.RUNNING}), TaskStatus.COMPLETED),
+    "fail": (frozenset({TaskStatus.RUNNING}), TaskStatus.FAILED),
+    "retry": (frozenset({TaskStatus.RUNNING}), TaskStatus.PENDING),
+    "requeue": (frozenset({TaskStatus.RUNNING}), TaskStatus.PENDING),
+    "fail_dependents": (frozenset({TaskStatus.PENDING}), TaskStatus.FAILED),
+    "cancel": (frozenset({TaskStatus.PENDING, TaskStatus.RUNNING}), TaskStatus.CANCELLED),
+    "manual_retry": (frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED}), TaskStatus.PENDING),
+}
+
+
+class AttemptOutcome(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    RELEASED = "released"
+    CANCELLED = "cancelled"
+
+
+Priority = Annotated[StrictInt, Field(ge=1, le=10, description="1 (lowest) to 10 (highest)")]
+Name = Annotated[
+    StrictStr, Field(pattern=NAME_PATTERN, description="letters, digits and _.:- (1-100)")
+]
+
+
+class TaskCreate(BaseModel):
+    """Body of POST /api/tasks. Defaults that depend on configuration are filled by the service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: Name | None = None
+    task_type: Name
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = 1
+    dependencies: list[Name] = Field(default_factory=list, max_length=1000)
+    timeout: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS, description="seconds")
+    max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
+    scheduled_at: datetime | None = None
+    delay_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the request, so a resubmission can be told apart from a conflict."""
+        body = self.model_dump(mode="json", exclude={"task_id"})
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class AttemptPublic(BaseModel):
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: AttemptOutcome
+    error: str | None
+
+
+class TaskPublic(BaseModel):
+    """The seed's task shape, plus the fields the scheduler tracks."""
+
+    task_id: str
+    task_type: str
+    status: TaskStatus
+    priority: int
+    payload: dict[str, Any]
+    dependencies: list[str] = Field(default_factory=list)
+    dependents: list[str] | None = None
+    worker_id: str | None
+    attempt: int
+    max_retries: int
+    timeout: int
+    created_at: datetime
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    result: Any = None
+    error: str | None
+    correlation_id: str | None = None
+    attempts: list[AttemptPublic] | None = None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class TaskToRun(BaseModel):
+    """What a worker receives when its claim is confirmed: everything needed to run one attempt."""
+
+    task_id: str
+    task_type: str
+    payload: dict[str, Any]
+    attempt: int
+    timeout: int
+    correlation_id: str | None
+    dependency_results: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskReport(BaseModel):
+    """A worker's report of how one attempt ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    attempt: StrictInt = Field(ge=1)
+    outcome: AttemptOutcome
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyTask:
+    """What the transport needs to queue a task: which queue, in what order, from when."""
+
+    task_id: str
+    task_type: str
+    priority: int
+    ready_at: datetime | None = None

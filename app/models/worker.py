@@ -1,0 +1,91 @@
+"""Worker schemas: registration, heartbeats, and the worker-facing claim and report messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from app.models.task import Name, TaskReport, TaskToRun
+
+
+class WorkerStatus(StrEnum):
+    ACTIVE = "active"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    OFFLINE = "offline"
+
+
+class SystemInfo(BaseModel):
+    cpu_usage: float | None = Field(default=None, ge=0, le=100)
+    memory_usage: float | None = Field(default=None, ge=0, le=100)
+    disk_usage: float | None = Field(default=None, ge=0, le=100)
+
+
+class WorkerRegister(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: Name
+    capabilities: list[Name] = Field(min_length=1, max_length=1000)
+    max_concurrent_tasks: StrictInt = Field(default=5, ge=1, le=10_000)
+    hostname: str | None = Field(default=None, max_length=255)
+
+
+class WorkerHeartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: WorkerStatus = WorkerStatus.ACTIVE
+    current_tasks: list[str] = Field(default_factory=list, max_length=10_000)
+    system_info: SystemInfo = Field(default_factory=SystemInfo)
+
+
+class WorkerPublic(BaseModel):
+    worker_id: str
+    status: WorkerStatus
+    capabilities: list[str]
+    max_concurrent_tasks: int
+    current_tasks: list[str]
+    system_info: dict[str, Any]
+    hostname: str | None
+    registered_at: datetime
+    last_heartbeat: datetime
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerPublic]
+    total: int
+
+
+class RegisterResponse(BaseModel):
+    worker: WorkerPublic
+    redis_url: str
+    redis_prefix: str
+    lease_seconds: float
+    heartbeat_interval: float
+
+
+class StartRequest(BaseModel):
+    """Task ids a worker claimed in Redis and now asks to start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_ids: list[Name] = Field(max_length=10_000)
+
+
+class StartResponse(BaseModel):
+    started: list[TaskToRun]
+    refused: list[str]
+
+
+class ReportBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reports: list[TaskReport] = Field(max_length=10_000)
+
+
+class ReportResponse(BaseModel):
+    accepted: list[str]
+    refused: list[str]

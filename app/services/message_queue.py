@@ -1,0 +1,190 @@
+"""The message-queue interface and its Redis implementation (Lua scripts in ./lua).
+
+Redis carries ids, order and leases; the database carries everything else. Each move between
+Redis structures is one Lua script so that no task is ever in two places or in none."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from app.models.task import ReadyTask
+from app.services.keys import RedisKeys
+
+LUA_DIR = Path(__file__).with_name("lua")
+STRICT_PRIORITY_BAND_US = 10**13  # larger than any wait: priority always wins, FIFO within it
+
+
+class TaskQueue(Protocol):
+    async def enqueue(self, tasks: Sequence[ReadyTask]) -> None: ...
+    async def claim(self, worker_id: str, task_types: Sequence[str], count: int) -> list[str]: ...
+    async def renew(self, worker_id: str, task_ids: Sequence[str]) -> list[str]: ...
+    async def release(self, task_ids: Sequence[str], worker_id: str = "") -> None: ...
+    async def requeue(self, task: ReadyTask) -> None: ...
+    async def wait_for_work(self, task_types: Sequence[str], timeout: float) -> None: ...
+
+
+def aging_band_us(aging_seconds: float) -> int:
+    return int(aging_seconds * 1_000_000) if aging_seconds > 0 else STRICT_PRIORITY_BAND_US
+
+
+def delayed_member(task: ReadyTask) -> str:
+    return f"{task.task_type} {task.priority} {task.task_id}"
+
+
+def _load(redis: Redis, name: str) -> AsyncScript:
+    return redis.register_script((LUA_DIR / f"{name}.lua").read_text())
+
+
+class RedisQueue:
+    """TaskQueue on Redis. One instance per process; the client is built by the caller."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "dts",
+        lease_seconds: float = 5.0,
+        aging_seconds: float = 0,
+    ) -> None:
+        self.redis = redis
+        self.keys = RedisKeys(prefix)
+        self.lease_ms = int(lease_seconds * 1000)
+        self.band_us = aging_band_us(aging_seconds)
+        self._scripts = {
+            name: _load(redis, name)
+            for name in (
+                "enqueue",
+                "claim",
+                "renew",
+                "release",
+                "requeue",
+                "delay",
+                "promote",
+                "expired",
+            )
+        }
+
+    async def enqueue(self, tasks: Sequence[ReadyTask]) -> None:
+        now = datetime.now(UTC)
+        later = [t for t in tasks if t.ready_at is not None and t.ready_at > now]
+        ready = [t for t in tasks if t.ready_at is None or t.ready_at <= now]
+        if later:
+            await self.delay(later)
+        if not ready:
+            return
+        types = sorted({t.task_type for t in ready})
+        index = {name: i for i, name in enumerate(types)}
+        keys = [self.keys.active]
+        for name in types:
+            keys += [self.keys.queue(name), self.keys.wake(name)]
+        args: list[str | int] = [self.band_us]
+        for t in ready:
+            args += [index[t.task_type], t.task_id, t.priority]
+        await self._scripts["enqueue"](keys=keys, args=args)
+
+    async def delay(self, tasks: Sequence[ReadyTask]) -> None:
+        args: list[str | int] = []
+        for t in tasks:
+            ready_at = t.ready_at or datetime.now(UTC)
+            args += [delayed_member(t), int(ready_at.timestamp() * 1000)]
+        keys = [self.keys.active, self.keys.owners, self.keys.delayed]
+        await self._scripts["delay"](keys=keys, args=args)
+
+    async def claim(self, worker_id: str, task_types: Sequence[str], count: int) -> list[str]:
+        if count <= 0 or not task_types:
+            return []
+        keys = [self.keys.active, self.keys.owners, *(self.keys.queue(t) for t in task_types)]
+        ids = await self._scripts["claim"](keys=keys, args=[worker_id, count, self.lease_ms])
+        return [_text(i) for i in ids]
+
+    async def renew(self, worker_id: str, task_ids: Sequence[str]) -> list[str]:
+        if not task_ids:
+            return []
+        keys = [self.keys.active, self.keys.owners]
+        lost = await self._scripts["renew"](keys=keys, args=[worker_id, self.lease_ms, *task_ids])
+        return [_text(i) for i in lost]
+
+    async def release(self, task_ids: Sequence[str], worker_id: str = "") -> None:
+        if task_ids:
+            keys = [self.keys.active, self.keys.owners]
+            await self._scripts["release"](keys=keys, args=[worker_id, *task_ids])
+
+    async def requeue(self, task: ReadyTask) -> None:
+        keys = [
+            self.keys.active,
+            self.keys.owners,
+            self.keys.queue(task.task_type),
+            self.keys.wake(task.task_type),
+        ]
+        await self._scripts["requeue"](keys=keys, args=[task.task_id, task.priority, self.band_us])
+
+    async def promote_due(self, limit: int = 1000) -> int:
+        keys = [self.keys.delayed, self.keys.active]
+        moved = await self._scripts["promote"](
+            keys=keys, args=[self.keys.prefix, self.band_us, limit]
+        )
+        return int(moved)
+
+    async def expired_leases(self, limit: int = 1000) -> list[tuple[str, str]]:
+        flat = await self._scripts["expired"](
+            keys=[self.keys.active, self.keys.owners], args=[limit]
+        )
+        items = [_text(x) for x in flat]
+        return list(zip(items[0::2], items[1::2], strict=True))
+
+    async def wait_for_work(self, task_types: Sequence[str], timeout: float) -> None:
+        """Block until a wake-up token arrives for one of the types, or the timeout passes."""
+        await self.redis.blpop([self.keys.wake(t) for t in task_types], timeout=timeout)
+
+    async def queue_depths(self) -> dict[str, int]:
+        depths: dict[str, int] = {}
+        prefix_len = len(self.keys.queue(""))
+        async for key in self.redis.scan_iter(match=self.keys.queue_pattern(), count=500):
+            name = _text(key)
+            depths[name[prefix_len:]] = int(await self.redis.zcard(name))
+        return depths
+
+    async def restore_leases(self, holders: Sequence[tuple[str, str]]) -> None:
+        """Give running tasks a fresh lease after Redis lost its own (rebuild from the database)."""
+        seconds, micros = await self.redis.time()
+        deadline = seconds * 1000 + micros // 1000 + self.lease_ms
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for task_id, worker_id in holders:
+                pipe.zadd(self.keys.active, {task_id: deadline}, nx=True)
+                pipe.hsetnx(self.keys.owners, task_id, worker_id)
+            await pipe.execute()
+
+    async def remove_queued(self, task_type: str, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            await self.redis.zrem(self.keys.queue(task_type), *task_ids)
+
+    async def queued_ids(self, task_type: str) -> list[str]:
+        return [_text(i) for i in await self.redis.zrange(self.keys.queue(task_type), 0, -1)]
+
+    async def is_known(self, task_ids: Sequence[str], task_types: Sequence[str]) -> list[bool]:
+        """For each task, whether Redis holds it anywhere (a queue, a lease, or the delayed set)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, task_type in zip(task_ids, task_types, strict=True):
+                pipe.zscore(self.keys.queue(task_type), task_id)
+                pipe.zscore(self.keys.active, task_id)
+            answers = await pipe.execute()
+        known = [
+            a is not None or b is not None
+            for a, b in zip(answers[0::2], answers[1::2], strict=True)
+        ]
+        delayed = await self._delayed_ids()
+        return [k or tid in delayed for k, tid in zip(known, task_ids, strict=True)]
+
+    async def _delayed_ids(self) -> set[str]:
+        members = await self.redis.zrange(self.keys.delayed, 0, -1)
+        return {_text(m).rsplit(" ", 1)[-1] for m in members}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

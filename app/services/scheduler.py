@@ -1,0 +1,212 @@
+"""Task scheduling: admission of new tasks and the handling of what workers report.
+
+Order of effects, everywhere: commit to the database first, then tell Redis. A crash between the
+two leaves the database ahead of Redis, which reconciliation repairs; never the other way round."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+
+from app.config import Settings
+from app.database import repositories as repo
+from app.database import transitions
+from app.database.connection import Database
+from app.models.task import AttemptOutcome, ReadyTask, TaskCreate, TaskPublic, TaskReport, TaskToRun
+from app.models.worker import ReportResponse, StartResponse
+from app.services import retry_policy
+from app.services.message_queue import RedisQueue
+from app.utils import monitoring
+
+log = structlog.get_logger(__name__)
+
+
+class PayloadTooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload is {size} bytes; the limit is {limit}")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, db: Database, queue: RedisQueue) -> None:
+        self.settings = settings
+        self.db = db
+        self.queue = queue
+        # Set when Redis could not be told about committed work; reconciliation catches up.
+        self.redis_behind = False
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def resolve(self, spec: TaskCreate, correlation_id: str | None, now: datetime) -> repo.NewTask:
+        size = len(orjson.dumps(spec.payload))
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(size, self.settings.max_payload_bytes)
+        scheduled_at = spec.scheduled_at
+        if scheduled_at is not None and scheduled_at.tzinfo is None:
+            scheduled_at = scheduled_at.replace(tzinfo=UTC)
+        if spec.delay_seconds:
+            scheduled_at = now + timedelta(seconds=spec.delay_seconds)
+        return repo.NewTask(
+            task_id=spec.task_id or str(uuid.uuid4()),
+            task_type=spec.task_type,
+            payload=spec.payload,
+            priority=spec.priority,
+            timeout=spec.timeout or self.settings.task_timeout,
+            max_retries=self.settings.max_retries if spec.max_retries is None else spec.max_retries,
+            fingerprint=spec.fingerprint(),
+            correlation_id=correlation_id,
+            scheduled_at=scheduled_at,
+            dependencies=list(dict.fromkeys(spec.dependencies)),
+        )
+
+    async def submit(
+        self, spec: TaskCreate, correlation_id: str | None = None
+    ) -> tuple[TaskPublic, bool]:
+        """Admit a task: durable in the database before this returns, then queued in Redis."""
+        now = utcnow()
+        new = self.resolve(spec, correlation_id, now)
+        admitted = await self._admit(new, now)
+        if admitted.created:
+            monitoring.TASKS_SUBMITTED.labels(new.task_type).inc()
+            log.info(
+                "task.submitted",
+                task_id=new.task_id,
+                task_type=new.task_type,
+                priority=new.priority,
+            )
+        if admitted.ready is not None:
+            await self._tell_redis(self.queue.enqueue([admitted.ready]))
+        async with self.db.transaction() as conn:
+            task = await repo.get_task(conn, new.task_id, with_attempts=False)
+        assert task is not None
+        return task, admitted.created
+
+    async def _admit(self, new: repo.NewTask, now: datetime) -> repo.Admitted:
+        try:
+            async with self.db.transaction() as conn:
+                return await repo.admit(conn, new, now=now)
+        except IntegrityError:
+            # A concurrent submission of the same id won the insert; compare against it instead.
+            async with self.db.transaction() as conn:
+                return await repo.admit(conn, new, now=now)
+
+    async def _tell_redis(self, operation: Any) -> None:
+        try:
+            await operation
+        except (RedisError, OSError) as exc:
+            self.redis_behind = True
+            log.warning("redis.deferred", error=str(exc))
+
+    # --- what workers report ---------------------------------------------------------------------
+
+    async def start_claimed(self, worker_id: str, task_ids: Sequence[str]) -> StartResponse:
+        """Confirm a worker's Redis claims in the database: each becomes a new numbered attempt."""
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        async with self.db.transaction() as conn:
+            rows = await transitions.start(
+                conn, task_ids, worker_id=worker_id, now=now, lease_until=lease_until
+            )
+            with_deps = [r.task_id for r in rows]
+            results = await repo.dependency_results(conn, with_deps) if with_deps else {}
+        started = [
+            TaskToRun(
+                task_id=r.task_id,
+                task_type=r.task_type,
+                payload=r.payload,
+                attempt=r.attempt,
+                timeout=r.timeout,
+                correlation_id=r.correlation_id,
+                dependency_results=results.get(r.task_id, {}),
+            )
+            for r in rows
+        ]
+        started_ids = {t.task_id for t in started}
+        refused = [t for t in task_ids if t not in started_ids]
+        if refused:
+            log.info("claim.refused", worker_id=worker_id, task_ids=refused)
+            await self._tell_redis(self.queue.release(refused, worker_id))
+        return StartResponse(started=started, refused=refused)
+
+    async def report(self, worker_id: str, reports: Sequence[TaskReport]) -> ReportResponse:
+        """Record how attempts ended. A report for a superseded attempt is refused: exactly one
+        result per task, whatever arrives late or twice."""
+        now = utcnow()
+        accepted: list[str] = []
+        to_queue: list[ReadyTask] = []
+        async with self.db.transaction() as conn:
+            for report in reports:
+                outcome = await self._record(conn, report, now)
+                if outcome is None:
+                    continue
+                accepted.append(report.task_id)
+                to_queue += outcome
+        refused = [r.task_id for r in reports if r.task_id not in set(accepted)]
+        for task_id in refused:
+            monitoring.STALE_REPORTS.inc()
+            log.warning("report.stale", worker_id=worker_id, task_id=task_id)
+        await self._tell_redis(self.queue.release([r.task_id for r in reports], worker_id))
+        if to_queue:
+            await self._tell_redis(self.queue.enqueue(to_queue))
+        return ReportResponse(accepted=accepted, refused=refused)
+
+    async def _record(self, conn: Any, report: TaskReport, now: datetime) -> list[ReadyTask] | None:
+        """Apply one report; returns tasks to queue as a consequence, or None when stale."""
+        if report.outcome == AttemptOutcome.COMPLETED:
+            released = await transitions.complete(
+                conn, report.task_id, report.attempt, result=report.result, now=now
+            )
+            if released is not None:
+                monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
+            return released
+        if report.outcome == AttemptOutcome.RELEASED:
+            ready = await transitions.requeue(
+                conn, report.task_id, report.attempt, outcome=report.outcome, now=now
+            )
+            return None if ready is None else [ready]
+        return await self._record_failure(conn, report, now)
+
+    async def _record_failure(
+        self, conn: Any, report: TaskReport, now: datetime
+    ) -> list[ReadyTask] | None:
+        if retry_policy.is_retryable(report.outcome):
+            run_at = retry_policy.next_run_at(
+                now,
+                report.attempt,
+                base=self.settings.retry_backoff_base,
+                cap=self.settings.retry_backoff_max,
+            )
+            ready = await transitions.retry(
+                conn,
+                report.task_id,
+                report.attempt,
+                outcome=report.outcome,
+                error=report.error,
+                run_at=run_at,
+                now=now,
+            )
+            if ready is not None:
+                monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
+                return [ready]
+        doomed = await transitions.fail(
+            conn,
+            report.task_id,
+            report.attempt,
+            outcome=report.outcome,
+            error=report.error,
+            now=now,
+        )
+        if doomed is None:
+            return None
+        monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
+        return []

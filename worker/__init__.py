@@ -1,0 +1,1 @@
+"""Worker node: claims tasks from Redis, runs them, reports to the scheduler API."""

@@ -1,0 +1,75 @@
+"""Worker health: resource usage for heartbeats, and the lease keeper.
+
+The lease keeper renews the Redis leases of this worker's tasks from its own thread with its own
+Redis connection, so neither a CPU-bound handler holding the GIL in bursts nor a handler that
+blocks the event loop can make a live task look dead to the sweeper."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import psutil
+import redis
+import structlog
+
+from app.models.worker import SystemInfo
+from app.services.keys import RedisKeys
+from app.services.message_queue import LUA_DIR
+
+log = structlog.get_logger(__name__)
+
+
+def system_info() -> SystemInfo:
+    return SystemInfo(
+        cpu_usage=psutil.cpu_percent(interval=None),
+        memory_usage=psutil.virtual_memory().percent,
+        disk_usage=psutil.disk_usage("/").percent,
+    )
+
+
+class LeaseKeeper(threading.Thread):
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        keys: RedisKeys,
+        worker_id: str,
+        lease_seconds: float,
+        held: Callable[[], list[str]],
+    ) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.renew = self.client.register_script((LUA_DIR / "renew.lua").read_text())
+        self.keys = keys
+        self.worker_id = worker_id
+        self.lease_ms = int(lease_seconds * 1000)
+        # Three renewals per lease: one lost renewal (a blip) never lets the lease lapse.
+        self.interval = lease_seconds / 3
+        self.held = held
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.renew_now()
+
+    def renew_now(self) -> None:
+        ids = self.held()
+        if not ids:
+            return
+        try:
+            lost = self.renew(
+                keys=[self.keys.active, self.keys.owners],
+                args=[self.worker_id, self.lease_ms, *ids],
+            )
+        except redis.RedisError as exc:
+            log.warning("lease.renew_failed", error=str(exc))
+            return
+        if lost:
+            # The database decides whether our report still counts; we only note it.
+            log.info("lease.not_held", task_ids=[i.decode() for i in lost])
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+        self.client.close()

@@ -1,0 +1,325 @@
+"""Worker node: `python worker/worker_node.py --worker-id worker-1` (or `python -m worker`).
+
+Loop: claim as many tasks as there are free slots (never more: no hoarding, so priorities hold
+across workers), confirm them with the API, run them, report. Idle workers block on Redis."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `app` and `worker` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.config import get_settings
+from app.models.task import AttemptOutcome, TaskReport, TaskToRun
+from app.models.worker import RegisterResponse, WorkerHeartbeat, WorkerRegister, WorkerStatus
+from app.services.message_queue import RedisQueue
+from app.utils.logging_config import configure_logging
+from worker import builtin_tasks
+from worker.api_client import SchedulerClient, WorkerUnknown
+from worker.health_monitor import LeaseKeeper, system_info
+from worker.task_executor import TaskExecutor
+
+log = structlog.get_logger(__name__)
+REPORT_BATCH = 500
+
+
+@dataclass
+class WorkerOptions:
+    worker_id: str
+    api_url: str
+    capabilities: list[str] | None = None
+    max_concurrent_tasks: int = 5
+    redis_url: str | None = None
+    heartbeat_interval: float | None = None
+    grace_period: float = 30.0
+    pool_size: int = 10
+    task_modules: list[str] = field(default_factory=list)
+
+
+class WorkerNode:
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.worker_id = options.worker_id
+        self.api = SchedulerClient(options.api_url)
+        self.executor = TaskExecutor(pool_size=options.pool_size)
+        self.capabilities = options.capabilities or self.executor.task_types
+        self.running: dict[str, tuple[TaskToRun, asyncio.Task[None]]] = {}
+        self.unreported: dict[str, TaskReport] = {}
+        self.reports: asyncio.Queue[TaskReport] = asyncio.Queue()
+        self.slot_freed = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+        self.queue: RedisQueue | None = None
+        self.lease_keeper: LeaseKeeper | None = None
+
+    def held_task_ids(self) -> list[str]:
+        """Tasks whose leases we keep: running, and finished but not yet reported."""
+        return [*self.running, *self.unreported]
+
+    async def run(self) -> None:
+        registration = await self._register()
+        redis_url = self.options.redis_url or registration.redis_url
+        self.queue = RedisQueue(
+            Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=15),
+            prefix=registration.redis_prefix,
+            lease_seconds=registration.lease_seconds,
+        )
+        self.lease_keeper = LeaseKeeper(
+            redis_url=redis_url,
+            keys=self.queue.keys,
+            worker_id=self.worker_id,
+            lease_seconds=registration.lease_seconds,
+            held=self.held_task_ids,
+        )
+        self.lease_keeper.start()
+        interval = self.options.heartbeat_interval or registration.heartbeat_interval
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop(interval)),
+            asyncio.create_task(self._report_loop()),
+        ]
+        log.info(
+            "worker.started",
+            worker_id=self.worker_id,
+            capabilities=self.capabilities,
+            max_concurrent_tasks=self.options.max_concurrent_tasks,
+        )
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await self._close()
+
+    async def _register(self) -> RegisterResponse:
+        spec = WorkerRegister(
+            worker_id=self.worker_id,
+            capabilities=self.capabilities,
+            max_concurrent_tasks=self.options.max_concurrent_tasks,
+            hostname=socket.gethostname(),
+        )
+        return await self.api.register(spec)
+
+    # --- claiming ------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        assert self.queue is not None
+        backoff = 0.1
+        while not self.stopping.is_set():
+            free = self.options.max_concurrent_tasks - len(self.running)
+            if free <= 0:
+                self.slot_freed.clear()
+                await _wait_any(self.slot_freed, self.stopping, timeout=1.0)
+                continue
+            try:
+                claimed = await self.queue.claim(self.worker_id, self.capabilities, free)
+                if not claimed:
+                    await self.queue.wait_for_work(self.capabilities, timeout=1.0)
+                    continue
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                log.warning("redis.unavailable", error=str(exc), retry_in=backoff)
+                await _wait_any(self.stopping, timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            await self._start(claimed)
+
+    async def _start(self, claimed: Sequence[str]) -> None:
+        try:
+            answer = await self.api.start(self.worker_id, claimed)
+        except (ConnectionError, OSError) as exc:
+            # The leases lapse and the sweeper puts these back; nothing is lost by letting go.
+            log.warning("claim.start_failed", task_ids=list(claimed), error=str(exc))
+            return
+        for job in answer.started:
+            self.running[job.task_id] = (job, asyncio.create_task(self._run_one(job)))
+
+    async def _run_one(self, job: TaskToRun) -> None:
+        with structlog.contextvars.bound_contextvars(
+            task_id=job.task_id, correlation_id=job.correlation_id, attempt=job.attempt
+        ):
+            log.info("task.started", task_type=job.task_type)
+            try:
+                report = await self.executor.execute(job)
+            except asyncio.CancelledError:
+                report = TaskReport(
+                    task_id=job.task_id,
+                    attempt=job.attempt,
+                    outcome=AttemptOutcome.RELEASED,
+                    error="worker shutting down",
+                )
+            log.info("task.finished", outcome=report.outcome, error=report.error)
+        self.unreported[job.task_id] = report
+        self.running.pop(job.task_id, None)
+        self.reports.put_nowait(report)
+        self.slot_freed.set()
+
+    # --- reporting and heartbeats --------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        while True:
+            batch = [await self.reports.get()]
+            while not self.reports.empty() and len(batch) < REPORT_BATCH:
+                batch.append(self.reports.get_nowait())
+            await self._send_reports(batch)
+
+    async def _send_reports(self, batch: list[TaskReport], *, attempts: int | None = None) -> None:
+        answer = await self.api.report(self.worker_id, batch, attempts=attempts)
+        for task_id in answer.refused:
+            log.warning("report.refused", task_id=task_id, reason="attempt superseded")
+        for report in batch:
+            self.unreported.pop(report.task_id, None)
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        while True:
+            beat = WorkerHeartbeat(
+                status=WorkerStatus.DRAINING if self.stopping.is_set() else WorkerStatus.ACTIVE,
+                current_tasks=list(self.running),
+                system_info=system_info(),
+            )
+            try:
+                await self.api.heartbeat(self.worker_id, beat)
+            except WorkerUnknown:
+                log.warning("worker.unknown_to_api", action="registering again")
+                await self._register()
+            except (ConnectionError, OSError) as exc:
+                log.warning("heartbeat.failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self.stopping.is_set():
+            log.warning("worker.hard_stop")
+            self.hard_stop.set()
+        else:
+            log.info("worker.stopping", grace_period=self.options.grace_period)
+            self.stopping.set()
+
+    async def _drain(self) -> None:
+        """Let running tasks finish within the grace period; hand the rest back at once."""
+        running = [t for _job, t in self.running.values()]
+        if running:
+            all_done = asyncio.ensure_future(asyncio.wait(running))
+            hard = asyncio.ensure_future(self.hard_stop.wait())
+            await asyncio.wait(
+                [all_done, hard],
+                timeout=self.options.grace_period,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            all_done.cancel()
+            hard.cancel()
+        for _job, handle in list(self.running.values()):
+            handle.cancel()
+        await asyncio.gather(*(t for _j, t in list(self.running.values())), return_exceptions=True)
+        pending: list[TaskReport] = []
+        while not self.reports.empty():
+            pending.append(self.reports.get_nowait())
+        if pending:
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._send_reports(pending, attempts=5)
+
+    async def _close(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.api.deregister(self.worker_id)
+        if self.lease_keeper is not None:
+            await asyncio.to_thread(self.lease_keeper.stop)
+        if self.queue is not None:
+            await self.queue.redis.aclose()
+        await self.api.close()
+        self.executor.shutdown()
+        log.info("worker.stopped", worker_id=self.worker_id)
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(description="Run a task scheduler worker node.")
+    parser.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}")
+    parser.add_argument("--api-url", default=os.environ.get("API_URL", "http://localhost:8000"))
+    parser.add_argument(
+        "--capabilities", default=None, help="comma-separated task types (default: all known)"
+    )
+    parser.add_argument("--max-concurrent-tasks", type=int, default=5)
+    parser.add_argument(
+        "--tasks", action="append", default=[], help="module with @task handlers (repeatable)"
+    )
+    parser.add_argument(
+        "--grace-period", type=float, default=30.0, help="seconds to finish tasks on SIGTERM"
+    )
+    parser.add_argument("--heartbeat-interval", type=float, default=None)
+    args = parser.parse_args(argv)
+    capabilities = (
+        [c.strip() for c in args.capabilities.split(",") if c.strip()]
+        if args.capabilities
+        else None
+    )
+    return WorkerOptions(
+        worker_id=args.worker_id,
+        api_url=args.api_url,
+        capabilities=capabilities,
+        max_concurrent_tasks=args.max_concurrent_tasks,
+        redis_url=os.environ.get("REDIS_URL"),
+        heartbeat_interval=args.heartbeat_interval or settings.heartbeat_interval,
+        grace_period=args.grace_period,
+        pool_size=settings.max_workers,
+        task_modules=args.tasks,
+    )
+
+
+async def serve(options: WorkerOptions) -> None:
+    for module in options.task_modules:
+        importlib.import_module(module)
+    node = WorkerNode(options)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, node.request_stop)
+    await node.run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_args(argv)
+    configure_logging(get_settings().log_level, service="worker")
+    structlog.contextvars.bind_contextvars(worker_id=options.worker_id)
+    assert builtin_tasks  # imported for its registrations
+    sys.path.insert(0, os.getcwd())  # --tasks modules resolve from where the worker was started
+    asyncio.run(serve(options))
+    # A sync handler stuck in a thread (or a process-pool child) would keep the interpreter alive
+    # at exit; every attempt was reported or handed back by now, so leave without joining them.
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
