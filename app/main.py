@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import health, tasks, workers
+from app.api import health, stats, tasks, workers
 from app.config import Settings, get_settings
 from app.database.connection import Database
 from app.services.message_queue import RedisQueue
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(exc_type, _storage_unavailable)
     app.include_router(tasks.router)
     app.include_router(workers.router)
+    app.include_router(stats.router)
     app.include_router(health.router)
     return app
 
