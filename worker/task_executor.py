@@ -12,6 +12,7 @@ import inspect
 import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -115,7 +116,7 @@ class TaskExecutor:
             return _report(job, AttemptOutcome.TIMEOUT, error=f"timed out after {job.timeout}s")
         except TaskFailure as exc:
             return _report(job, AttemptOutcome.ERROR, error=str(exc))
-        except concurrent.futures.process.BrokenProcessPool:
+        except BrokenProcessPool:
             self._processes = None
             return _report(
                 job, AttemptOutcome.ERROR, error="worker process died while running the task"

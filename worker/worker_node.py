@@ -38,6 +38,7 @@ from worker.task_executor import TaskExecutor
 
 log = structlog.get_logger(__name__)
 REPORT_BATCH = 500
+REPORT_FLUSH_SECONDS = 10.0
 
 
 @dataclass
@@ -230,12 +231,13 @@ class WorkerNode:
         for _job, handle in list(self.running.values()):
             handle.cancel()
         await asyncio.gather(*(t for _j, t in list(self.running.values())), return_exceptions=True)
-        pending: list[TaskReport] = []
-        while not self.reports.empty():
-            pending.append(self.reports.get_nowait())
-        if pending:
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._send_reports(pending, attempts=5)
+        # The report loop is still running: wait for it to deliver every outcome, hand-backs
+        # included, so the scheduler requeues them now rather than after their leases expire.
+        deadline = asyncio.get_running_loop().time() + REPORT_FLUSH_SECONDS
+        while self.unreported and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.unreported:
+            log.warning("worker.unreported_at_exit", task_ids=list(self.unreported))
 
     async def _close(self) -> None:
         with contextlib.suppress(ConnectionError, OSError):

@@ -32,4 +32,5 @@ def configure_logging(level: str = "INFO", *, service: str) -> None:
     structlog.contextvars.bind_contextvars(service=service)
     # Third-party stdlib loggers (uvicorn, sqlalchemy, httpx) keep their own output at our level.
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
-    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))

@@ -1,0 +1,250 @@
+"""Read-only aggregates for the dashboard. Every query is bounded by an index on `tasks`:
+(task_type, status) for the counts, (status, created_at) for the time windows and for paging.
+
+Timestamps become numbers in SQL only where rows must be grouped by time (the buckets); the one
+expression that differs between SQLite and PostgreSQL is `_epoch`. Percentiles are computed by the
+caller over a bounded sample, because the two backends share no percentile function."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Float, Integer, Text, and_, cast, func, or_, select
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from app.database.tables import tasks
+from app.models.task import TaskStatus
+
+FINISHED = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+JULIAN_UNIX_EPOCH = 2440587.5  # julianday('1970-01-01')
+RESULT_PREVIEW = 200
+
+
+def _epoch(column: Any, dialect: str) -> ColumnElement[Any]:
+    """Seconds since 1970 as a float. SQLite stores UTC text, PostgreSQL a timestamptz."""
+    if dialect == "postgresql":
+        return cast(func.extract("epoch", column), Float())
+    return (func.julianday(column) - JULIAN_UNIX_EPOCH) * 86400.0
+
+
+def _bucket(column: Any, *, since: datetime, seconds: int, dialect: str) -> ColumnElement[int]:
+    """Index of the time bucket a timestamp falls in; buckets start at `since`. Rows are filtered
+    to `column >= since`, so the offset is never negative and a truncating cast is a floor."""
+    offset = (_epoch(column, dialect) - since.timestamp()) / float(seconds)
+    if dialect == "postgresql":
+        return cast(func.floor(offset), Integer)
+    return cast(offset, Integer)
+
+
+async def counts_by_type_and_status(conn: AsyncConnection) -> list[Row[Any]]:
+    """(task_type, status, n) for every pair: an index-only scan of (task_type, status)."""
+    query = select(tasks.c.task_type, tasks.c.status, func.count().label("n")).group_by(
+        tasks.c.task_type, tasks.c.status
+    )
+    return list(await conn.execute(query))
+
+
+async def pending_by_priority(conn: AsyncConnection) -> list[Row[Any]]:
+    """(priority, n) of pending tasks: reads only the pending range of (status, created_at)."""
+    query = (
+        select(tasks.c.priority, func.count().label("n"))
+        .where(tasks.c.status == TaskStatus.PENDING)
+        .group_by(tasks.c.priority)
+    )
+    return list(await conn.execute(query))
+
+
+@dataclass(frozen=True)
+class Window:
+    """A time window cut into equal buckets. `lookback` bounds how long before the window a
+    task may have been submitted and still be counted when it finishes inside the window: there
+    is no index on completed_at, so the (status, created_at) index bounds the scan instead."""
+
+    since: datetime
+    until: datetime
+    bucket_seconds: int
+
+    @property
+    def lookback_start(self) -> datetime:
+        return self.since - (self.until - self.since)
+
+    @property
+    def buckets(self) -> int:
+        span = (self.until - self.since).total_seconds()
+        return max(1, -(-int(span) // self.bucket_seconds))
+
+    def bucket_start(self, index: int) -> datetime:
+        return self.since + timedelta(seconds=index * self.bucket_seconds)
+
+
+def _finished_in(window: Window) -> ColumnElement[bool]:
+    return and_(
+        tasks.c.status.in_(FINISHED),
+        tasks.c.created_at >= window.lookback_start,
+        tasks.c.completed_at >= window.since,
+        tasks.c.completed_at < window.until,
+    )
+
+
+async def finished_per_bucket(conn: AsyncConnection, window: Window) -> list[Row[Any]]:
+    """(bucket, status, n) of tasks that reached a final status in each bucket."""
+    bucket = _bucket(
+        tasks.c.completed_at,
+        since=window.since,
+        seconds=window.bucket_seconds,
+        dialect=conn.dialect.name,
+    ).label("bucket")
+    query = (
+        select(bucket, tasks.c.status, func.count().label("n"))
+        .where(_finished_in(window))
+        .group_by(bucket, tasks.c.status)
+    )
+    return list(await conn.execute(query))
+
+
+async def submitted_per_bucket(conn: AsyncConnection, window: Window) -> list[Row[Any]]:
+    """(bucket, n) of tasks submitted in each bucket: a range of the created_at index."""
+    bucket = _bucket(
+        tasks.c.created_at,
+        since=window.since,
+        seconds=window.bucket_seconds,
+        dialect=conn.dialect.name,
+    ).label("bucket")
+    query = (
+        select(bucket, func.count().label("n"))
+        .where(tasks.c.created_at >= window.since, tasks.c.created_at < window.until)
+        .group_by(bucket)
+    )
+    return list(await conn.execute(query))
+
+
+async def latency_sample(
+    conn: AsyncConnection, window: Window, *, per_bucket: int
+) -> list[Row[Any]]:
+    """(bucket, created_at, started_at, completed_at) of at most `per_bucket` tasks that ran and
+    finished in each bucket, the latest first: enough for percentiles without shipping every row."""
+    bucket = _bucket(
+        tasks.c.completed_at,
+        since=window.since,
+        seconds=window.bucket_seconds,
+        dialect=conn.dialect.name,
+    )
+    ranked = (
+        select(
+            bucket.label("bucket"),
+            tasks.c.created_at,
+            tasks.c.started_at,
+            tasks.c.completed_at,
+            func.row_number()
+            .over(partition_by=bucket, order_by=tasks.c.completed_at.desc())
+            .label("rank"),
+        )
+        .where(
+            _finished_in(window),
+            tasks.c.status != TaskStatus.CANCELLED,
+            tasks.c.started_at.is_not(None),
+        )
+        .subquery()
+    )
+    query = select(
+        ranked.c.bucket, ranked.c.created_at, ranked.c.started_at, ranked.c.completed_at
+    ).where(ranked.c.rank <= per_bucket)
+    return list(await conn.execute(query))
+
+
+async def recent_runs(conn: AsyncConnection, *, since: datetime, limit: int) -> list[Row[Any]]:
+    """(task_type, status, created_at, started_at, completed_at) of the latest `limit` tasks
+    submitted since `since` that ran and finished (completed or failed), newest first."""
+    query = (
+        select(
+            tasks.c.task_type,
+            tasks.c.status,
+            tasks.c.created_at,
+            tasks.c.started_at,
+            tasks.c.completed_at,
+        )
+        .where(
+            tasks.c.status.in_((TaskStatus.COMPLETED, TaskStatus.FAILED)),
+            tasks.c.created_at >= since,
+            tasks.c.started_at.is_not(None),
+            tasks.c.completed_at.is_not(None),
+        )
+        .order_by(tasks.c.created_at.desc())
+        .limit(limit)
+    )
+    return list(await conn.execute(query))
+
+
+@dataclass(frozen=True)
+class PageFilter:
+    statuses: Sequence[TaskStatus] = ()
+    task_type: str | None = None
+    worker_id: str | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position: the (created_at, task_id) of the last row of the previous page. Unlike
+    OFFSET, the database seeks straight to it, so page 10 000 costs what page 1 costs."""
+
+    created_at: datetime
+    task_id: str
+
+
+def _filtered(query: Any, where: PageFilter) -> Any:
+    if where.statuses:
+        query = query.where(tasks.c.status.in_(where.statuses))
+    if where.task_type is not None:
+        query = query.where(tasks.c.task_type == where.task_type)
+    if where.worker_id is not None:
+        query = query.where(tasks.c.worker_id == where.worker_id)
+    if where.priority is not None:
+        query = query.where(tasks.c.priority == where.priority)
+    return query
+
+
+def _after(cursor: Cursor) -> ColumnElement[bool]:
+    # Spelt out rather than as a row-value comparison so that `created_at <= :c` stays a plain
+    # range condition both backends can serve from the created_at indexes.
+    return and_(
+        tasks.c.created_at <= cursor.created_at,
+        or_(
+            tasks.c.created_at < cursor.created_at,
+            tasks.c.task_id <= cursor.task_id,
+        ),
+    )
+
+
+async def task_page(
+    conn: AsyncConnection, where: PageFilter, *, after: Cursor | None, limit: int
+) -> list[Row[Any]]:
+    """One page of task summaries, newest first, with one row more than asked when more follow.
+    The payload is never read and the result only as its first RESULT_PREVIEW characters of JSON
+    text, cut in SQL: a page of large results would otherwise cost megabytes."""
+    query = _filtered(
+        select(
+            tasks.c.task_id,
+            tasks.c.task_type,
+            tasks.c.status,
+            tasks.c.priority,
+            tasks.c.worker_id,
+            tasks.c.attempt,
+            tasks.c.max_retries,
+            tasks.c.created_at,
+            tasks.c.started_at,
+            tasks.c.completed_at,
+            tasks.c.error,
+            func.substr(cast(tasks.c.result, Text), 1, RESULT_PREVIEW).label("result_preview"),
+        ),
+        where,
+    )
+    if after is not None:
+        query = query.where(_after(after))
+    query = query.order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc()).limit(limit + 1)
+    return list(await conn.execute(query))

@@ -1,0 +1,958 @@
+#!/usr/bin/env python3
+"""Benchmark the scheduler on a private, real stack (Valkey, database, API and worker processes).
+
+    python bench/bench.py --backend sqlite|postgres|both [--tasks 10000] [--rate 200]
+        [--duration 20] [--workers 2] [--concurrency 32] [--json bench/results/out.json]
+
+Every phase gets a fresh stack: a new Valkey (appendonly yes, appendfsync everysec), a new
+database (a SQLite file, or a new database on one private PostgreSQL server per run), a new API
+process (uvicorn) and, where the phase needs them, new worker processes.
+
+  submit   --submit-tasks single POST /api/tasks, --concurrency requests in flight over a
+           keep-alive pool, no workers running: pure admission.
+  batch    the same through POST /api/tasks/batch (--batch-size per request), if the API has it.
+  e2e      --tasks echo tasks submitted while the workers run: wall time from the first submit
+           to the last completion.
+  drain    --tasks echo tasks pre-loaded with no worker running, then the workers start: the
+           rate from the first start to the last completion (server timestamps).
+  latency  open loop at --rate tasks/s for --duration s with idle workers: started_at -
+           created_at percentiles.
+
+e2e and drain check that every task completed exactly once (attempt 1, result == payload).
+--profile DIR records the API (and worker-1) with py-spy during submit, e2e and drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, Protocol
+
+import httpx
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))  # run as a script: make `app` importable
+
+from app.utils.embedded_servers import (  # noqa: E402
+    PostgresServer,
+    ValkeyServer,
+    free_port,
+    parent_death_preexec,
+)
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 90.0  # API start (imports + migrations) and worker registration
+STOP_TIMEOUT = 15.0  # SIGTERM -> SIGKILL
+DRAIN_DEADLINE = 600.0  # waiting for tasks to complete
+POLL_INTERVAL = 0.2
+PAGE = 1000  # GET /api/tasks page size (the API's maximum)
+Json = dict[str, Any]
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on (a process died, a deadline passed, a check failed)."""
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Options
+# --------------------------------------------------------------------------------------------- #
+
+PHASES = ("submit", "batch", "e2e", "drain", "latency")
+
+
+@dataclass(frozen=True)
+class Options:
+    backends: list[str]
+    tasks: int
+    submit_tasks: int
+    rate: float
+    duration: float
+    workers: int
+    worker_slots: int
+    concurrency: int
+    batch_size: int
+    batch_concurrency: int
+    phases: list[str]
+    pg_fsync: bool
+    json_out: Path | None
+    profile_dir: Path | None
+    keep: bool
+
+
+def _phase_list(text: str) -> list[str]:
+    phases = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown phase(s) {unknown}; choose from {PHASES}")
+    return phases
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Benchmark the task scheduler on a private stack.",
+        epilog="Phases: " + ", ".join(PHASES),
+    )
+    p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    p.add_argument("--tasks", type=_positive_int, default=10_000, help="tasks for e2e and drain")
+    p.add_argument("--submit-tasks", type=_positive_int, default=3000, help="for submit/batch")
+    p.add_argument("--rate", type=float, default=200.0, help="latency phase: tasks per second")
+    p.add_argument("--duration", type=float, default=20.0, help="latency phase: seconds")
+    p.add_argument("--workers", type=_positive_int, default=2)
+    p.add_argument("--worker-slots", type=_positive_int, default=5, help="--max-concurrent-tasks")
+    p.add_argument("--concurrency", type=_positive_int, default=32, help="HTTP requests in flight")
+    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.add_argument("--batch-concurrency", type=_positive_int, default=2)
+    p.add_argument("--phases", type=_phase_list, default=list(PHASES), help="comma-separated")
+    p.add_argument(
+        "--pg-fsync", choices=["on", "off"], default="on", help="PostgreSQL fsync (default on)"
+    )
+    p.add_argument("--json", dest="json_out", type=Path, help="write the results here")
+    p.add_argument("--profile", dest="profile_dir", type=Path, help="py-spy output directory")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    args = build_parser().parse_args(argv)
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    if args.rate <= 0 or args.duration <= 0:
+        raise SystemExit("--rate and --duration must be > 0")
+    return Options(
+        backends=backends,
+        tasks=args.tasks,
+        submit_tasks=args.submit_tasks,
+        rate=args.rate,
+        duration=args.duration,
+        workers=args.workers,
+        worker_slots=args.worker_slots,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        batch_concurrency=args.batch_concurrency,
+        phases=args.phases,
+        pg_fsync=args.pg_fsync == "on",
+        json_out=args.json_out,
+        profile_dir=args.profile_dir,
+        keep=args.keep,
+    )
+
+
+# --------------------------------------------------------------------------------------------- #
+# Child processes
+# --------------------------------------------------------------------------------------------- #
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    terminated: bool = False
+
+    def has_exited(self) -> bool:
+        """Exit check that leaves a zombie unreaped, so its pgid stays ours to signal."""
+        if self.popen.returncode is not None:
+            return True
+        try:
+            found = os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return found is not None
+
+    def terminate(self) -> None:
+        """SIGTERM the leader once (a second SIGTERM means "hard stop" to a worker)."""
+        if not self.terminated and not self.has_exited():
+            self.terminated = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.popen.pid, signal.SIGTERM)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the leader, then SIGKILL the whole process group, then reap."""
+        if not self.has_exited():
+            self.terminate()
+            deadline = time.monotonic() + timeout
+            while not self.has_exited() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str], log: Path) -> Child:
+    with open(log, "ab") as out:  # the child keeps its own descriptor
+        popen = subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+            preexec_fn=parent_death_preexec(signal.SIGKILL),  # ...and they die if we are killed
+        )
+    return Child(name, popen, log)
+
+
+# --------------------------------------------------------------------------------------------- #
+# Databases
+# --------------------------------------------------------------------------------------------- #
+
+
+class DatabaseProvider(Protocol):
+    def fresh(self, label: str) -> str:
+        """URL of a new, empty database."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteProvider:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def fresh(self, label: str) -> str:
+        return f"sqlite:///{self.root / f'{label}.db'}"
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresProvider:
+    """One private PostgreSQL server per run; each phase gets its own database."""
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.server = PostgresServer(root / "postgres", fsync=fsync)
+        say(f"starting PostgreSQL (fsync={'on' if fsync else 'off'})")
+        self.server.start(timeout=60)
+
+    def fresh(self, label: str) -> str:
+        return self.server.create_database(f"bench_{label}")
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def open_provider(backend: str, root: Path, opts: Options) -> DatabaseProvider:
+    root.mkdir(parents=True, exist_ok=True)
+    if backend == "postgres":
+        return PostgresProvider(root, fsync=opts.pg_fsync)
+    return SqliteProvider(root)
+
+
+# --------------------------------------------------------------------------------------------- #
+# The stack of one phase
+# --------------------------------------------------------------------------------------------- #
+
+
+class Stack:
+    """Valkey + API process (+ worker processes) on free loopback ports, logs in ``root``."""
+
+    def __init__(self, root: Path, database_url: str, opts: Options) -> None:
+        self.root = root
+        self.database_url = database_url
+        self.opts = opts
+        self.valkey = ValkeyServer(root / "valkey", appendonly=True, appendfsync="everysec")
+        self.api_port = free_port()
+        self.api: Child | None = None
+        self.workers: list[Child] = []
+        self.client = httpx.AsyncClient(
+            base_url=self.api_url,
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            limits=httpx.Limits(
+                max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency
+            ),
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "API_URL")}
+        env.update(LOG_LEVEL="WARNING", REDIS_URL=self.valkey.url, PYTHONUNBUFFERED="1")
+        return env
+
+    def start_api(self) -> None:
+        self.valkey.start()
+        env = self._env() | {"DATABASE_URL": self.database_url}
+        cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", HOST]
+        cmd += ["--port", str(self.api_port), "--log-level", "warning"]
+        self.api = spawn("api", cmd, env, self.root / "api.log")
+
+    def start_workers(self) -> None:
+        for n in range(1, self.opts.workers + 1):
+            cmd = [sys.executable, "worker/worker_node.py", "--worker-id", f"bench-{n}"]
+            cmd += ["--api-url", self.api_url]
+            cmd += ["--max-concurrent-tasks", str(self.opts.worker_slots)]
+            log = self.root / f"worker-{n}.log"
+            self.workers.append(spawn(f"bench-{n}", cmd, self._env(), log))
+
+    def check_alive(self) -> None:
+        for child in [c for c in (self.api, *self.workers) if c is not None]:
+            if child.has_exited():
+                raise BenchError(f"{child.name} exited; last log lines:\n{child.tail()}")
+        if not self.valkey.is_running():
+            raise BenchError(f"valkey exited (see {self.valkey.log_file})")
+
+    async def wait_api(self) -> None:
+        async def healthy() -> bool:
+            with contextlib.suppress(httpx.TransportError):
+                return (await self.client.get("/health")).status_code == 200
+            return False
+
+        await self.wait_for(healthy, START_TIMEOUT, "the API to answer /health")
+
+    async def wait_workers(self) -> None:
+        wanted = {c.name for c in self.workers}
+
+        async def registered() -> bool:
+            answer = (await self.client.get("/api/workers")).json()
+            live = {w["worker_id"] for w in answer["workers"] if w["status"] != "offline"}
+            return wanted <= live
+
+        await self.wait_for(registered, START_TIMEOUT, f"{len(wanted)} workers to register")
+
+    async def wait_for(
+        self, predicate: Callable[[], Awaitable[bool]], timeout: float, what: str
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if await predicate():
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+        raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def stop_workers(self) -> None:
+        for child in self.workers:
+            child.terminate()  # all at once, then wait for each
+        for child in self.workers:
+            child.stop()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # cleanup must go on whatever the client does
+            await self.client.aclose()
+        self.stop_workers()
+        if self.api is not None:
+            self.api.stop()
+        self.valkey.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    root: Path, database_url: str, opts: Options, *, workers: bool
+) -> AsyncIterator[Stack]:
+    root.mkdir(parents=True, exist_ok=True)
+    stack = Stack(root, database_url, opts)
+    try:
+        stack.start_api()
+        await stack.wait_api()
+        if workers:
+            stack.start_workers()
+            await stack.wait_workers()
+        yield stack
+    finally:
+        await stack.close()
+
+
+# --------------------------------------------------------------------------------------------- #
+# Profiling (optional): py-spy record on the API and worker-1 while a phase runs
+# --------------------------------------------------------------------------------------------- #
+
+
+class Profiler:
+    def __init__(self, out_dir: Path | None, label: str) -> None:
+        self.out_dir = out_dir
+        self.label = label
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def attach(self, name: str, child: Child | None) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if self.out_dir is None or child is None or not Path(exe).exists():
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        base = self.out_dir / f"{self.label}-{name}"
+        cmd = [exe, "record", "--pid", str(child.popen.pid), "--rate", "200", "--nonblocking"]
+        cmd += ["--format", "raw", "--output", f"{base}.txt", "--subprocesses"]
+        with open(f"{base}.log", "wb") as out:
+            self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+
+    def finish(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+# --------------------------------------------------------------------------------------------- #
+# HTTP helpers
+# --------------------------------------------------------------------------------------------- #
+
+
+def echo_body(n: int) -> Json:
+    return {"task_type": "echo", "payload": {"n": n}}
+
+
+@dataclass
+class Submitted:
+    accepted: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds if self.seconds > 0 else 0.0
+
+
+async def has_batch_endpoint(client: httpx.AsyncClient) -> bool:
+    spec = (await client.get("/openapi.json")).json()
+    return "post" in spec.get("paths", {}).get("/api/tasks/batch", {})
+
+
+async def _run_lanes(lanes: int, lane: Callable[[], Awaitable[None]]) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    return time.perf_counter() - started
+
+
+async def submit_singles(
+    client: httpx.AsyncClient, count: int, concurrency: int, *, first: int = 0
+) -> Submitted:
+    """``count`` POST /api/tasks with ``concurrency`` requests in flight."""
+    out = Submitted()
+    numbers = iter(range(first, first + count))  # shared: each number is taken once
+    deadline = time.monotonic() + DRAIN_DEADLINE
+
+    async def lane() -> None:
+        for n in numbers:
+            if time.monotonic() > deadline:
+                raise BenchError("submission took longer than the deadline")
+            try:
+                status = (await client.post("/api/tasks", json=echo_body(n))).status_code
+            except httpx.TransportError as exc:
+                out.errors[type(exc).__name__] += 1
+                continue
+            if status == 201:
+                out.accepted += 1
+            else:
+                out.errors[str(status)] += 1
+
+    out.seconds = await _run_lanes(concurrency, lane)
+    return out
+
+
+async def submit_batches(
+    client: httpx.AsyncClient, count: int, size: int, concurrency: int
+) -> Submitted:
+    """``count`` tasks through POST /api/tasks/batch, ``size`` per request."""
+    out = Submitted()
+    starts = iter(range(0, count, size))
+
+    async def lane() -> None:
+        for start in starts:
+            body = {"tasks": [echo_body(n) for n in range(start, min(start + size, count))]}
+            try:
+                response = await client.post("/api/tasks/batch", json=body, timeout=300.0)
+            except httpx.TransportError as exc:
+                out.errors[type(exc).__name__] += 1
+                continue
+            if response.is_success:
+                out.accepted += len(body["tasks"])
+            else:
+                out.errors[f"{response.status_code}: {response.text[:200]}"] += 1
+
+    out.seconds = await _run_lanes(concurrency, lane)
+    return out
+
+
+async def submit_all(stack: Stack, count: int, use_batch: bool) -> Submitted:
+    opts = stack.opts
+    if use_batch:
+        return await submit_batches(stack.client, count, opts.batch_size, opts.batch_concurrency)
+    return await submit_singles(stack.client, count, opts.concurrency)
+
+
+async def count_tasks(client: httpx.AsyncClient, status: str | None = None) -> int:
+    params: dict[str, str | int] = {"limit": 1}
+    if status is not None:
+        params["status"] = status
+    response = await client.get("/api/tasks", params=params)
+    response.raise_for_status()
+    return int(response.json()["total"])
+
+
+async def wait_completed(stack: Stack, target: int, timeout: float = DRAIN_DEADLINE) -> float:
+    """Poll the completed count until it reaches ``target``; returns the perf_counter then."""
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        done = await count_tasks(stack.client, "completed")
+        if done >= target:
+            return time.perf_counter()
+        await asyncio.sleep(POLL_INTERVAL)
+    failed = await count_tasks(stack.client, "failed")
+    raise BenchError(f"{done}/{target} completed ({failed} failed) after {timeout:.0f} s")
+
+
+async def fetch_all_tasks(client: httpx.AsyncClient, expected: int) -> list[Json]:
+    """Every task, a page of PAGE at a time (newest first, stable order)."""
+    tasks: list[Json] = []
+    for _ in range(expected // PAGE + 2):  # bounded: one spare page
+        params = {"limit": PAGE, "offset": len(tasks)}
+        answer = (await client.get("/api/tasks", params=params)).json()
+        tasks += answer["tasks"]
+        if not answer["tasks"] or len(tasks) >= answer["total"]:
+            break
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------- #
+# Statistics
+# --------------------------------------------------------------------------------------------- #
+
+
+def ts(value: str | None) -> float | None:
+    return None if value is None else datetime.fromisoformat(value).timestamp()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    if not values:
+        return math.nan
+    return values[max(0, math.ceil(q / 100 * len(values)) - 1)]
+
+
+def distribution_ms(seconds: list[float]) -> Json:
+    values = sorted(s * 1000 for s in seconds)
+    qs = {f"p{q}": round(percentile(values, q), 1) for q in (50, 95, 99)}
+    return {"count": len(values), **qs, "max": round(values[-1], 1) if values else math.nan}
+
+
+def span(tasks: list[Json], start_field: str, end_field: str) -> float:
+    """Seconds from the earliest ``start_field`` to the latest ``end_field`` (server clock)."""
+    starts = [t for t in (ts(x[start_field]) for x in tasks) if t is not None]
+    ends = [t for t in (ts(x[end_field]) for x in tasks) if t is not None]
+    return max(ends) - min(starts) if starts and ends else math.nan
+
+
+def verify_exactly_once(tasks: list[Json], expected: int) -> Json:
+    """Every task present once, completed, on its first attempt, with the echoed payload."""
+    checks = {
+        "tasks": len(tasks),
+        "unique": len({t["task_id"] for t in tasks}),
+        "completed": sum(t["status"] == "completed" for t in tasks),
+        "first_attempt": sum(t["attempt"] == 1 for t in tasks),
+        "result_ok": sum(t["result"] == t["payload"] for t in tasks),
+    }
+    return {**checks, "ok": all(v == expected for v in checks.values())}
+
+
+def per_second(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else math.nan
+
+
+# --------------------------------------------------------------------------------------------- #
+# Phases
+# --------------------------------------------------------------------------------------------- #
+
+
+@dataclass
+class PhaseContext:
+    backend: str
+    provider: DatabaseProvider
+    root: Path
+    opts: Options
+
+    def stack(self, phase: str, *, workers: bool) -> contextlib.AbstractAsyncContextManager[Stack]:
+        url = self.provider.fresh(phase)
+        return running_stack(self.root / phase, url, self.opts, workers=workers)
+
+
+async def phase_submit(ctx: PhaseContext) -> Json:
+    opts = ctx.opts
+    profiler = Profiler(opts.profile_dir, f"{ctx.backend}-submit")
+    async with ctx.stack("submit", workers=False) as stack:
+        profiler.attach("api", stack.api)
+        try:
+            sent = await submit_singles(stack.client, opts.submit_tasks, opts.concurrency)
+        finally:
+            profiler.finish()
+        stored = await count_tasks(stack.client, "pending")
+    say(f"submit: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
+    return {
+        "tasks": opts.submit_tasks,
+        "concurrency": opts.concurrency,
+        "accepted": sent.accepted,
+        "stored_pending": stored,
+        "errors": dict(sent.errors),
+        "seconds": round(sent.seconds, 3),
+        "tasks_per_s": round(sent.rate, 1),
+    }
+
+
+async def phase_batch(ctx: PhaseContext) -> Json:
+    opts = ctx.opts
+    async with ctx.stack("batch", workers=False) as stack:
+        if not await has_batch_endpoint(stack.client):
+            say("batch: POST /api/tasks/batch does not exist; skipped")
+            return {"available": False}
+        sent = await submit_batches(
+            stack.client, opts.submit_tasks, opts.batch_size, opts.batch_concurrency
+        )
+        stored = await count_tasks(stack.client, "pending")
+    say(f"batch: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
+    return {
+        "available": True,
+        "tasks": opts.submit_tasks,
+        "batch_size": opts.batch_size,
+        "concurrency": opts.batch_concurrency,
+        "accepted": sent.accepted,
+        "stored_pending": stored,
+        "errors": dict(sent.errors),
+        "seconds": round(sent.seconds, 3),
+        "tasks_per_s": round(sent.rate, 1),
+    }
+
+
+async def _checked_tasks(stack: Stack, expected: int) -> tuple[list[Json], Json]:
+    tasks = await fetch_all_tasks(stack.client, expected)
+    check = verify_exactly_once(tasks, expected)
+    check["failed_total"] = await count_tasks(stack.client, "failed")
+    check["ok"] = check["ok"] and check["failed_total"] == 0
+    if not check["ok"]:
+        say(f"VERIFICATION FAILED: {check}")
+    return tasks, check
+
+
+async def phase_e2e(ctx: PhaseContext) -> Json:
+    n = ctx.opts.tasks
+    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-e2e")
+    async with ctx.stack("e2e", workers=True) as stack:
+        use_batch = await has_batch_endpoint(stack.client)
+        profiler.attach("api", stack.api)
+        profiler.attach("worker1", stack.workers[0])
+        try:
+            first = time.perf_counter()
+            sent = await submit_all(stack, n, use_batch)
+            submitted = time.perf_counter()
+            done = await wait_completed(stack, sent.accepted)
+        finally:
+            profiler.finish()
+        tasks, check = await _checked_tasks(stack, n)
+    wall = done - first
+    say(f"e2e: {n} tasks, wall {wall:.2f} s = {n / wall:.0f}/s, verified={check['ok']}")
+    return {
+        "tasks": n,
+        "submission": "batch" if use_batch else f"POST x{ctx.opts.concurrency}",
+        "submit_seconds": round(submitted - first, 3),
+        "submit_errors": dict(sent.errors),
+        "wall_seconds": round(wall, 3),
+        "wall_tasks_per_s": per_second(n, wall),
+        "server_wall_seconds": round(span(tasks, "created_at", "completed_at"), 3),
+        "after_submit_seconds": round(done - submitted, 3),
+        "verification": check,
+    }
+
+
+async def phase_drain(ctx: PhaseContext) -> Json:
+    n = ctx.opts.tasks
+    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-drain")
+    async with ctx.stack("drain", workers=False) as stack:
+        use_batch = await has_batch_endpoint(stack.client)
+        sent = await submit_all(stack, n, use_batch)
+        preloaded = await count_tasks(stack.client, "pending")
+        say(f"drain: pre-loaded {preloaded} in {sent.seconds:.1f} s; starting the workers")
+        spawned = time.perf_counter()
+        stack.start_workers()
+        profiler.attach("api", stack.api)
+        try:
+            done = await wait_completed(stack, sent.accepted)
+        finally:
+            profiler.finish()
+        tasks, check = await _checked_tasks(stack, n)
+    server = span(tasks, "started_at", "completed_at")
+    say(f"drain: {n} tasks in {server:.2f} s = {n / server:.0f}/s, verified={check['ok']}")
+    return {
+        "tasks": n,
+        "preloaded_pending": preloaded,
+        "drain_seconds": round(server, 3),
+        "drain_tasks_per_s": per_second(n, server),
+        "from_spawn_seconds": round(done - spawned, 3),
+        "from_spawn_tasks_per_s": per_second(n, done - spawned),
+        "verification": check,
+    }
+
+
+@dataclass
+class OpenLoop:
+    sent: int = 0
+    accepted: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    rtts: list[float] = field(default_factory=list)
+    max_lag: float = 0.0
+    last_answer: float = 0.0
+
+
+async def _timed_post(client: httpx.AsyncClient, n: int, out: OpenLoop) -> None:
+    began = time.perf_counter()
+    try:
+        status = (await client.post("/api/tasks", json=echo_body(n))).status_code
+    except httpx.TransportError as exc:
+        out.errors[type(exc).__name__] += 1
+        return
+    out.last_answer = time.perf_counter()
+    out.rtts.append(out.last_answer - began)
+    if status == 201:
+        out.accepted += 1
+    else:
+        out.errors[str(status)] += 1
+
+
+async def open_loop(
+    client: httpx.AsyncClient, rate: float, duration: float
+) -> tuple[OpenLoop, float]:
+    """Send at ``rate``/s by the clock for ``duration`` s, never waiting for answers."""
+    out = OpenLoop()
+    inflight: set[asyncio.Task[None]] = set()
+    t0 = time.perf_counter() + 0.05
+    for n in range(int(rate * duration)):
+        delay = t0 + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        out.max_lag = max(out.max_lag, -delay)
+        task = asyncio.create_task(_timed_post(client, n, out))
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+        out.sent += 1
+    if inflight:
+        await asyncio.wait(inflight, timeout=120)
+    return out, t0
+
+
+def _latencies(tasks: list[Json], start: str, end: str) -> list[float]:
+    pairs = ((ts(t[start]), ts(t[end])) for t in tasks)
+    return [b - a for a, b in pairs if a is not None and b is not None]
+
+
+async def phase_latency(ctx: PhaseContext) -> Json:
+    opts = ctx.opts
+    async with ctx.stack("latency", workers=True) as stack:
+        await asyncio.sleep(1.0)  # let the workers settle into their blocking wait
+        loop, t0 = await open_loop(stack.client, opts.rate, opts.duration)
+        await wait_completed(stack, loop.accepted, timeout=120 + opts.duration)
+        tasks = await fetch_all_tasks(stack.client, loop.accepted)
+    start = distribution_ms(_latencies(tasks, "created_at", "started_at"))
+    say(f"latency: submit->start p50 {start['p50']} ms, p99 {start['p99']} ms")
+    return {
+        "target_rate": opts.rate,
+        "duration": opts.duration,
+        "sent": loop.sent,
+        "accepted": loop.accepted,
+        "errors": dict(loop.errors),
+        "achieved_rate": per_second(loop.accepted, loop.last_answer - t0),
+        "max_send_lag_ms": round(loop.max_lag * 1000, 1),
+        "submit_to_start_ms": start,
+        "submit_to_complete_ms": distribution_ms(_latencies(tasks, "created_at", "completed_at")),
+        "http_submit_rtt_ms": distribution_ms(loop.rtts),
+    }
+
+
+PHASE_FUNCS: dict[str, Callable[[PhaseContext], Awaitable[Json]]] = {
+    "submit": phase_submit,
+    "batch": phase_batch,
+    "e2e": phase_e2e,
+    "drain": phase_drain,
+    "latency": phase_latency,
+}
+
+
+async def run_backend(backend: str, root: Path, opts: Options) -> Json:
+    say(f"=== backend {backend} ===")
+    provider = open_provider(backend, root / backend, opts)
+    results: Json = {}
+    try:
+        ctx = PhaseContext(backend, provider, root / backend, opts)
+        for phase in opts.phases:
+            say(f"--- {backend}: {phase}")
+            results[phase] = await PHASE_FUNCS[phase](ctx)
+    finally:
+        provider.close()
+    return results
+
+
+# --------------------------------------------------------------------------------------------- #
+# Report
+# --------------------------------------------------------------------------------------------- #
+
+
+def _get(result: Json, *path: str) -> Any:
+    value: Any = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+ROWS: list[tuple[str, tuple[str, ...], str]] = [
+    ("submit: single POST", ("submit", "tasks_per_s"), "tasks/s"),
+    ("submit: batch", ("batch", "tasks_per_s"), "tasks/s"),
+    ("e2e: wall, first submit -> last done", ("e2e", "wall_seconds"), "s"),
+    ("e2e: throughput", ("e2e", "wall_tasks_per_s"), "tasks/s"),
+    ("e2e: exactly once", ("e2e", "verification", "ok"), ""),
+    ("drain: first start -> last done", ("drain", "drain_seconds"), "s"),
+    ("drain: throughput", ("drain", "drain_tasks_per_s"), "tasks/s"),
+    ("drain: from worker spawn", ("drain", "from_spawn_tasks_per_s"), "tasks/s"),
+    ("drain: exactly once", ("drain", "verification", "ok"), ""),
+    ("latency: achieved rate", ("latency", "achieved_rate"), "tasks/s"),
+    ("latency: submit->start p50", ("latency", "submit_to_start_ms", "p50"), "ms"),
+    ("latency: submit->start p95", ("latency", "submit_to_start_ms", "p95"), "ms"),
+    ("latency: submit->start p99", ("latency", "submit_to_start_ms", "p99"), "ms"),
+    ("latency: submit->start max", ("latency", "submit_to_start_ms", "max"), "ms"),
+    ("latency: HTTP submit p99", ("latency", "http_submit_rtt_ms", "p99"), "ms"),
+]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)
+
+
+def format_table(results: dict[str, Json]) -> str:
+    backends = list(results)
+    header = f"{'metric':<40}" + "".join(f"{b:>14}" for b in backends) + "  unit"
+    lines = [header, "-" * len(header)]
+    for label, path, unit in ROWS:
+        cells = [_cell(_get(results[b], *path)) for b in backends]
+        if all(c == "-" for c in cells):
+            continue
+        lines.append(f"{label:<40}" + "".join(f"{c:>14}" for c in cells) + f"  {unit}")
+    return "\n".join(lines)
+
+
+def environment(opts: Options) -> Json:
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, document: Json) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    say(f"results written to {path}")
+
+
+# --------------------------------------------------------------------------------------------- #
+# Main
+# --------------------------------------------------------------------------------------------- #
+
+
+async def run(opts: Options, root: Path) -> dict[str, Json]:
+    results: dict[str, Json] = {}
+    for backend in opts.backends:
+        results[backend] = await run_backend(backend, root, opts)
+    return results
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _event_loop_runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+@contextlib.contextmanager
+def work_directory(keep: bool) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="dts-bench-"))
+    try:
+        yield root
+    except BaseException:
+        keep = True  # the logs explain the failure
+        raise
+    finally:
+        if keep:
+            say(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    document = environment(opts)
+    try:
+        with work_directory(opts.keep) as root, _event_loop_runner() as runner:
+            results = runner.run(run(opts, root))
+    except KeyboardInterrupt:
+        say("interrupted; everything was stopped")
+        return 130
+    except BenchError as exc:
+        say(f"failed: {exc}")
+        return 1
+    print(format_table(results))
+    if opts.json_out is not None:
+        write_json(opts.json_out, {**document, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""End to end: the API and two worker processes for real, on a private Valkey and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import seed_example
+from tests.integration.harness import FINAL, Stack, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+def mixed_tasks(count: int, rng: random.Random) -> list[dict[str, Any]]:
+    kinds: list[tuple[str, dict[str, Any]]] = [
+        ("echo", {"data": "hello"}),
+        ("sleep", {"parameters": {"seconds": 0.05}}),
+        ("processing", {"data": "Some   TEXT to normalise"}),
+        ("analysis", {"data": [3, 1, 4, 1, 5, 9, 2, 6]}),
+        ("cpu", {"parameters": {"iterations": 2000}}),
+    ]
+    tasks = []
+    for i in range(count):
+        task_type, payload = kinds[i % len(kinds)]
+        tasks.append({"task_id": f"mix-{i}", "task_type": task_type, "payload": payload,
+                      "priority": rng.randint(1, 10)})
+    return tasks
+
+
+async def all_final(http: httpx.AsyncClient, expected: int) -> bool:
+    pending = (await http.get("/api/tasks?status=pending&limit=1")).json()["total"]
+    running = (await http.get("/api/tasks?status=running&limit=1")).json()["total"]
+    total = (await http.get("/api/tasks?limit=1")).json()["total"]
+    return total == expected and pending == 0 and running == 0
+
+
+async def test_seed_example_and_a_few_hundred_mixed_tasks(stack: Stack) -> None:
+    await stack.start_api()
+    workers = [stack.start_worker(f"worker-{i}") for i in (1, 2)]
+    await stack.wait_for_workers("worker-1", "worker-2")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        seed = await http.post("/api/tasks", json=seed_example(), headers={"X-Correlation-ID": "seed-corr-1"})
+        assert seed.status_code == 201
+        batch = mixed_tasks(300, random.Random(42))
+        answers = await asyncio.gather(*(http.post("/api/tasks", json=t) for t in batch))
+        assert {a.status_code for a in answers} == {201}
+        await http.post("/api/tasks", json={"task_id": "boom", "task_type": "fail", "max_retries": 0,
+                                            "payload": {"parameters": {"message": "expected failure"}}})
+        await http.post("/api/tasks", json={"task_id": "after-boom", "task_type": "echo", "dependencies": ["boom"]})
+        await http.post("/api/tasks", json={"task_id": "join", "task_type": "analysis",
+                                            "dependencies": ["mix-0", "mix-1", "unique-task-id"]})
+        await eventually(lambda: all_final(http, 304), timeout=120, what="every task to finish")
+
+        done = (await http.get("/api/tasks/unique-task-id")).json()
+        assert done["status"] == "completed"
+        assert done["result"] == {"normalized": "task specific data", "word_count": 3, "unique_words": 3}
+        assert done["worker_id"] in {"worker-1", "worker-2"}
+        assert done["started_at"] <= done["completed_at"]
+
+        completed = await _all_tasks(http, "completed")
+        assert len(completed) == 302
+        assert all(t["attempt"] == 1 for t in completed)
+        per_worker = Counter(t["worker_id"] for t in completed)
+        assert set(per_worker) == {"worker-1", "worker-2"}
+
+        boom = (await http.get("/api/tasks/boom")).json()
+        assert (boom["status"], boom["error"]) == ("failed", "expected failure")
+        after = (await http.get("/api/tasks/after-boom")).json()
+        assert (after["status"], after["error"]) == ("failed", "dependency 'boom' failed")
+        join = (await http.get("/api/tasks/join")).json()
+        assert join["result"]["inputs_from"] == ["mix-0", "mix-1", "unique-task-id"]
+
+    # The correlation id of the submitting request follows the task into the worker's log.
+    assert any("seed-corr-1" in w.log.read_text() for w in workers)
+
+
+async def _all_tasks(http: httpx.AsyncClient, status: str) -> list[dict[str, Any]]:
+    page = (await http.get(f"/api/tasks?status={status}&limit=1000")).json()
+    return list(page["tasks"])
+
+
+async def test_sigterm_lets_a_worker_finish_and_deregister(stack: Stack) -> None:
+    await stack.start_api()
+    worker = stack.start_worker("graceful", "--grace-period", "20")
+    await stack.wait_for_workers("graceful")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        await http.post("/api/tasks", json={"task_id": "s", "task_type": "sleep",
+                                            "payload": {"parameters": {"seconds": 1.5}}})
+        await eventually(lambda: _status_is(http, "s", "running"), timeout=30, what="the task to start")
+        worker.signal(15)
+        assert await worker.wait(timeout=30) == 0
+        task = (await http.get("/api/tasks/s")).json()
+        assert (task["status"], task["attempt"]) == ("completed", 1)
+        workers = (await http.get("/api/workers")).json()["workers"]
+        assert workers[0]["status"] == "offline"
+
+
+async def test_sigterm_past_the_grace_period_hands_the_task_back_at_once(stack: Stack) -> None:
+    await stack.start_api()
+    worker = stack.start_worker("quitter", "--grace-period", "0.5")
+    await stack.wait_for_workers("quitter")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        await http.post("/api/tasks", json={"task_id": "long", "task_type": "sleep",
+                                            "payload": {"parameters": {"seconds": 60}}})
+        await eventually(lambda: _status_is(http, "long", "running"), timeout=30, what="the task to start")
+        worker.signal(15)
+        assert await worker.wait(timeout=30) == 0
+        task = (await http.get("/api/tasks/long")).json()
+        assert task["status"] == "pending"
+        assert [a["outcome"] for a in task["attempts"]] == ["released"]
+        stack.start_worker("taker")
+        await eventually(lambda: _status_is(http, "long", "running"), timeout=30, what="another worker to take it")
+        assert (await http.get("/api/tasks/long")).json()["worker_id"] == "taker"
+
+
+async def _status_is(http: httpx.AsyncClient, task_id: str, status: str) -> bool:
+    return bool((await http.get(f"/api/tasks/{task_id}")).json()["status"] == status)
+
+
+def test_final_statuses_are_the_documented_ones() -> None:
+    assert {"completed", "failed", "cancelled"} == FINAL
