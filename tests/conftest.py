@@ -111,8 +111,12 @@ class Services:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.db = Database(settings.async_database_url)
-        self.queue = RedisQueue(redis, prefix=settings.redis_prefix, lease_seconds=settings.lease_seconds,
-                                aging_seconds=settings.priority_aging_seconds)
+        self.queue = RedisQueue(
+            redis,
+            prefix=settings.redis_prefix,
+            lease_seconds=settings.lease_seconds,
+            aging_seconds=settings.priority_aging_seconds,
+        )
         self.scheduler = Scheduler(settings, self.db, self.queue)
         self.workers = WorkerManager(settings, self.db)
         self.recovery = Recovery(settings, self.db, self.queue, self.scheduler, self.workers)

@@ -11,7 +11,8 @@ from tests.conftest import seed_example
 
 
 def _field(response: httpx.Response) -> list[Any]:
-    return response.json()["detail"][0]["loc"]
+    loc: list[Any] = response.json()["detail"][0]["loc"]
+    return loc
 
 
 async def test_submit_seed_example_returns_201_and_the_task(api: httpx.AsyncClient) -> None:
@@ -27,7 +28,16 @@ async def test_submit_seed_example_returns_201_and_the_task(api: httpx.AsyncClie
 async def test_get_task_has_the_seed_fields(api: httpx.AsyncClient) -> None:
     await api.post("/api/tasks", json=seed_example())
     body = (await api.get("/api/tasks/unique-task-id")).json()
-    for key in ("task_id", "status", "worker_id", "created_at", "started_at", "completed_at", "result", "error"):
+    for key in (
+        "task_id",
+        "status",
+        "worker_id",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "result",
+        "error",
+    ):
         assert key in body
     assert body["attempts"] == []
     assert body["dependents"] == []
@@ -76,7 +86,9 @@ async def test_same_id_with_a_different_body_is_409(api: httpx.AsyncClient) -> N
         ({"unknown_field": 1}, "unknown_field"),
     ],
 )
-async def test_bad_fields_are_422_naming_the_field(api: httpx.AsyncClient, change: dict[str, Any], field: str) -> None:
+async def test_bad_fields_are_422_naming_the_field(
+    api: httpx.AsyncClient, change: dict[str, Any], field: str
+) -> None:
     response = await api.post("/api/tasks", json=seed_example(**change))
     assert response.status_code == 422
     assert field in _field(response)
@@ -92,7 +104,9 @@ async def test_missing_task_type_is_422(api: httpx.AsyncClient) -> None:
 
 
 async def test_malformed_json_is_422(api: httpx.AsyncClient) -> None:
-    response = await api.post("/api/tasks", content=b"{not json", headers={"content-type": "application/json"})
+    response = await api.post(
+        "/api/tasks", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
@@ -127,8 +141,14 @@ async def test_unknown_task_is_404(api: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("status=bogus", "status"), ("limit=-1", "limit"), ("limit=100000", "limit"), ("offset=-1", "offset"),
-     ("offset=999999999999", "offset"), ("limit=abc", "limit")],
+    [
+        ("status=bogus", "status"),
+        ("limit=-1", "limit"),
+        ("limit=100000", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=999999999999", "offset"),
+        ("limit=abc", "limit"),
+    ],
 )
 async def test_bad_list_queries_are_422(api: httpx.AsyncClient, query: str, field: str) -> None:
     response = await api.get(f"/api/tasks?{query}")
@@ -148,12 +168,19 @@ async def test_list_filters_and_pages(api: httpx.AsyncClient) -> None:
 
 
 async def test_worker_register_heartbeat_and_list(api: httpx.AsyncClient) -> None:
-    spec = {"worker_id": "worker-123", "capabilities": ["processing", "analysis"], "max_concurrent_tasks": 5}
+    spec = {
+        "worker_id": "worker-123",
+        "capabilities": ["processing", "analysis"],
+        "max_concurrent_tasks": 5,
+    }
     registered = await api.post("/api/workers/register", json=spec)
     assert registered.status_code == 201
     assert registered.json()["redis_url"].startswith("redis://")
-    beat = {"status": "active", "current_tasks": ["task-1", "task-2"],
-            "system_info": {"cpu_usage": 45.2, "memory_usage": 67.8, "disk_usage": 23.1}}
+    beat = {
+        "status": "active",
+        "current_tasks": ["task-1", "task-2"],
+        "system_info": {"cpu_usage": 45.2, "memory_usage": 67.8, "disk_usage": 23.1},
+    }
     answer = await api.post("/api/workers/worker-123/heartbeat", json=beat)
     assert answer.status_code == 200
     workers = (await api.get("/api/workers")).json()["workers"]
@@ -170,11 +197,18 @@ async def test_heartbeat_from_unregistered_worker_is_404(api: httpx.AsyncClient)
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"worker_id": "w", "capabilities": []}, "capabilities"),
-     ({"worker_id": "w", "capabilities": ["echo"], "max_concurrent_tasks": 0}, "max_concurrent_tasks"),
-     ({"worker_id": "bad id", "capabilities": ["echo"]}, "worker_id")],
+    [
+        ({"worker_id": "w", "capabilities": []}, "capabilities"),
+        (
+            {"worker_id": "w", "capabilities": ["echo"], "max_concurrent_tasks": 0},
+            "max_concurrent_tasks",
+        ),
+        ({"worker_id": "bad id", "capabilities": ["echo"]}, "worker_id"),
+    ],
 )
-async def test_bad_worker_registration_is_422(api: httpx.AsyncClient, body: dict[str, Any], field: str) -> None:
+async def test_bad_worker_registration_is_422(
+    api: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
     response = await api.post("/api/workers/register", json=body)
     assert response.status_code == 422
     assert field in _field(response)
@@ -188,4 +222,6 @@ async def test_health_reports_both_stores(api: httpx.AsyncClient) -> None:
 async def test_openapi_is_served(api: httpx.AsyncClient) -> None:
     assert (await api.get("/docs")).status_code == 200
     paths = (await api.get("/openapi.json")).json()["paths"]
-    assert {"/api/tasks", "/api/tasks/{task_id}", "/api/workers/register", "/api/workers"} <= set(paths)
+    assert {"/api/tasks", "/api/tasks/{task_id}", "/api/workers/register", "/api/workers"} <= set(
+        paths
+    )

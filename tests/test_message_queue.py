@@ -12,7 +12,7 @@ from app.services.message_queue import RedisQueue
 
 
 def _queue(redis: Redis, **options: float) -> RedisQueue:
-    return RedisQueue(redis, prefix="tq", **options)  # type: ignore[arg-type]
+    return RedisQueue(redis, prefix="tq", **options)
 
 
 async def test_claims_take_highest_priority_first_then_fifo(redis_client: Redis) -> None:
@@ -32,7 +32,9 @@ async def test_priority_is_global_across_task_types(redis_client: Redis) -> None
 
 async def test_claim_takes_only_the_requested_count_and_capable_types(redis_client: Redis) -> None:
     queue = _queue(redis_client)
-    await queue.enqueue([ReadyTask(f"t{i}", "echo", 1) for i in range(5)] + [ReadyTask("x", "cpu", 10)])
+    await queue.enqueue(
+        [ReadyTask(f"t{i}", "echo", 1) for i in range(5)] + [ReadyTask("x", "cpu", 10)]
+    )
     assert len(await queue.claim("w", ["echo"], 2)) == 2
     assert await queue.queue_depths() == {"echo": 3, "cpu": 1}
 
@@ -120,7 +122,9 @@ async def test_wait_for_work_wakes_on_enqueue(redis_client: Redis) -> None:
 async def test_is_known_sees_queued_leased_and_delayed_tasks(redis_client: Redis) -> None:
     queue = _queue(redis_client)
     later = datetime.now(UTC) + timedelta(hours=1)
-    await queue.enqueue([ReadyTask("q", "echo", 1), ReadyTask("l", "echo", 1), ReadyTask("d", "echo", 1, later)])
+    await queue.enqueue(
+        [ReadyTask("q", "echo", 1), ReadyTask("l", "echo", 1), ReadyTask("d", "echo", 1, later)]
+    )
     await queue.claim("w", ["echo"], 1)  # takes "q" or "l": both are known either way
     known = await queue.is_known(["q", "l", "d", "ghost"], ["echo"] * 4)
     assert known == [True, True, True, False]

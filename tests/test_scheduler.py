@@ -11,12 +11,16 @@ from sqlalchemy import update
 
 from app.database import repositories as repo
 from app.database.tables import tasks
-from app.models.task import AttemptOutcome, TaskCreate, TaskPublic, TaskReport
+from app.models.task import AttemptOutcome, ReadyTask, TaskCreate, TaskPublic, TaskReport
 from tests.conftest import Services
 
 
-async def submit(services: Services, task_id: str, task_type: str = "echo", **fields: Any) -> TaskPublic:
-    task, _created = await services.scheduler.submit(TaskCreate(task_id=task_id, task_type=task_type, **fields))
+async def submit(
+    services: Services, task_id: str, task_type: str = "echo", **fields: Any
+) -> TaskPublic:
+    task, _created = await services.scheduler.submit(
+        TaskCreate(task_id=task_id, task_type=task_type, **fields)
+    )
     return task
 
 
@@ -27,7 +31,9 @@ async def get(services: Services, task_id: str) -> TaskPublic:
     return task
 
 
-async def run_next(services: Services, worker: str, types: list[str] | None = None) -> list[tuple[str, int]]:
+async def run_next(
+    services: Services, worker: str, types: list[str] | None = None
+) -> list[tuple[str, int]]:
     """Claim in Redis and start in the database, as a worker does; returns (task_id, attempt)."""
     claimed = await services.queue.claim(worker, types or ["echo"], 10)
     started = await services.scheduler.start_claimed(worker, claimed)
@@ -48,7 +54,9 @@ async def test_task_runs_to_completion_with_one_attempt(services: Services) -> N
     assert await run_next(services, "w1") == [("t1", 1)]
     running = await get(services, "t1")
     assert (running.status, running.worker_id) == ("running", "w1")
-    answer = await services.scheduler.report("w1", [report("t1", 1, AttemptOutcome.COMPLETED, result={"x": 1})])
+    answer = await services.scheduler.report(
+        "w1", [report("t1", 1, AttemptOutcome.COMPLETED, result={"x": 1})]
+    )
     assert answer.accepted == ["t1"]
     done = await get(services, "t1")
     assert (done.status, done.result, done.attempt) == ("completed", {"x": 1}, 1)
@@ -63,9 +71,13 @@ async def test_late_report_from_a_lost_worker_is_refused(services: Services) -> 
     assert await services.recovery.sweep_expired() == 1
     assert (await get(services, "t1")).status == "pending"
     assert await run_next(services, "w2") == [("t1", 2)]
-    late = await services.scheduler.report("w1", [report("t1", 1, AttemptOutcome.COMPLETED, result="old")])
+    late = await services.scheduler.report(
+        "w1", [report("t1", 1, AttemptOutcome.COMPLETED, result="old")]
+    )
     assert late.refused == ["t1"]
-    current = await services.scheduler.report("w2", [report("t1", 2, AttemptOutcome.COMPLETED, result="new")])
+    current = await services.scheduler.report(
+        "w2", [report("t1", 2, AttemptOutcome.COMPLETED, result="new")]
+    )
     assert current.accepted == ["t1"]
     task = await get(services, "t1")
     assert (task.status, task.result, task.worker_id) == ("completed", "new", "w2")
@@ -75,8 +87,12 @@ async def test_late_report_from_a_lost_worker_is_refused(services: Services) -> 
 async def test_duplicate_report_records_one_result(services: Services) -> None:
     await submit(services, "t1")
     await run_next(services, "w1")
-    first = await services.scheduler.report("w1", [report("t1", 1, AttemptOutcome.COMPLETED, result=1)])
-    again = await services.scheduler.report("w1", [report("t1", 1, AttemptOutcome.COMPLETED, result=2)])
+    first = await services.scheduler.report(
+        "w1", [report("t1", 1, AttemptOutcome.COMPLETED, result=1)]
+    )
+    again = await services.scheduler.report(
+        "w1", [report("t1", 1, AttemptOutcome.COMPLETED, result=2)]
+    )
     assert (first.accepted, again.refused) == (["t1"], ["t1"])
     assert (await get(services, "t1")).result == 1
 
@@ -90,19 +106,25 @@ async def test_a_failing_task_is_retried_then_fails_with_its_history(services: S
             await services.queue.promote_due()
             await asyncio.sleep(0.02)
         assert started == [("t1", attempt)]
-        await services.scheduler.report("w1", [report("t1", attempt, AttemptOutcome.ERROR, error=f"boom {attempt}")])
+        await services.scheduler.report(
+            "w1", [report("t1", attempt, AttemptOutcome.ERROR, error=f"boom {attempt}")]
+        )
     task = await get(services, "t1")
     assert (task.status, task.error) == ("failed", "boom 3")
     assert [(a.attempt, a.outcome, a.error) for a in task.attempts or []] == [
-        (1, "error", "boom 1"), (2, "error", "boom 2"), (3, "error", "boom 3")
+        (1, "error", "boom 1"),
+        (2, "error", "boom 2"),
+        (3, "error", "boom 3"),
     ]
 
 
-async def test_a_claim_of_a_task_no_longer_pending_is_refused_and_its_lease_dropped(services: Services) -> None:
+async def test_a_claim_of_a_task_no_longer_pending_is_refused_and_its_lease_dropped(
+    services: Services,
+) -> None:
     await submit(services, "t1")
     await run_next(services, "w1")
     await services.scheduler.report("w1", [report("t1", 1, AttemptOutcome.COMPLETED)])
-    await services.queue.enqueue([repo.ReadyTask("t1", "echo", 1)])  # a stale duplicate entry
+    await services.queue.enqueue([ReadyTask("t1", "echo", 1)])  # a stale duplicate entry
     claimed = await services.queue.claim("w2", ["echo"], 5)
     answer = await services.scheduler.start_claimed("w2", claimed)
     assert (answer.started, answer.refused) == ([], ["t1"])
@@ -160,7 +182,7 @@ async def test_redis_data_loss_is_rebuilt_from_the_database(services: Services) 
     await submit(services, "running")
     claimed = await services.queue.claim("w1", ["echo"], 1)
     assert claimed == ["queued"]
-    await services.queue.enqueue([repo.ReadyTask("queued", "echo", 7)])  # noop: leased
+    await services.queue.enqueue([ReadyTask("queued", "echo", 7)])  # noop: leased
     await services.scheduler.start_claimed("w1", claimed)
     await services.queue.redis.flushall()
     await services.recovery.tick()  # notices the missing epoch
@@ -171,18 +193,22 @@ async def test_redis_data_loss_is_rebuilt_from_the_database(services: Services) 
     assert answer.accepted == ["queued"]
 
 
-async def test_reconciliation_queues_a_pending_task_redis_never_heard_of(services: Services) -> None:
+async def test_reconciliation_queues_a_pending_task_redis_never_heard_of(
+    services: Services,
+) -> None:
     await submit(services, "t1")
     await services.queue.redis.delete(services.queue.keys.queue("echo"))  # as if the API died
     async with services.db.transaction() as conn:  # old enough not to be a submission in flight
-        await conn.execute(update(tasks).values(updated_at=datetime.now(UTC) - timedelta(minutes=1)))
+        await conn.execute(
+            update(tasks).values(updated_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
     assert await services.recovery.reconcile_page() == 1
     assert await services.queue.claim("w1", ["echo"], 5) == ["t1"]
 
 
 async def test_startup_drops_queue_entries_without_a_pending_task(services: Services) -> None:
     await submit(services, "real")
-    await services.queue.enqueue([repo.ReadyTask("ghost", "echo", 1)])
+    await services.queue.enqueue([ReadyTask("ghost", "echo", 1)])
     await services.recovery.on_startup()
     assert await services.queue.queued_ids("echo") == ["real"]
 
@@ -206,4 +232,4 @@ async def test_a_worker_that_stops_heartbeating_is_marked_offline(services: Serv
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
     assert gone == ["w1"]
-    assert (await services.workers.list())[0].status == "offline"
+    assert (await services.workers.list_all())[0].status == "offline"

@@ -18,9 +18,18 @@ from worker.task_executor import REGISTRY, TaskExecutor, task
 assert builtin_tasks  # registers the built-in types
 
 
-def job(task_type: str, payload: dict[str, Any] | None = None, *, timeout: int = 30, **extra: Any) -> TaskToRun:
-    return TaskToRun(task_id="t", task_type=task_type, payload=payload or {}, attempt=1, timeout=timeout,
-                     correlation_id="c", **extra)
+def job(
+    task_type: str, payload: dict[str, Any] | None = None, *, timeout: int = 30, **extra: Any
+) -> TaskToRun:
+    return TaskToRun(
+        task_id="t",
+        task_type=task_type,
+        payload=payload or {},
+        attempt=1,
+        timeout=timeout,
+        correlation_id="c",
+        **extra,
+    )
 
 
 @pytest.fixture
@@ -32,7 +41,11 @@ def executor() -> Iterator[TaskExecutor]:
 
 async def test_echo_returns_the_payload(executor: TaskExecutor) -> None:
     report = await executor.execute(job("echo", {"a": [1, 2]}))
-    assert (report.outcome, report.result, report.attempt) == (AttemptOutcome.COMPLETED, {"a": [1, 2]}, 1)
+    assert (report.outcome, report.result, report.attempt) == (
+        AttemptOutcome.COMPLETED,
+        {"a": [1, 2]},
+        1,
+    )
 
 
 async def test_fail_uses_the_given_message(executor: TaskExecutor) -> None:
@@ -43,9 +56,15 @@ async def test_fail_uses_the_given_message(executor: TaskExecutor) -> None:
 async def test_processing_and_analysis_do_real_work(executor: TaskExecutor) -> None:
     text = await executor.execute(job("processing", {"data": "  Hello   WORLD hello "}))
     assert text.result == {"normalized": "hello world hello", "word_count": 3, "unique_words": 2}
-    stats = await executor.execute(job("analysis", {"data": [1, 2, 3, 4]}, dependency_results={"a": 1}))
+    stats = await executor.execute(
+        job("analysis", {"data": [1, 2, 3, 4]}, dependency_results={"a": 1})
+    )
     assert stats.result is not None
-    assert (stats.result["mean"], stats.result["median"], stats.result["inputs_from"]) == (2.5, 2.5, ["a"])
+    assert (stats.result["mean"], stats.result["median"], stats.result["inputs_from"]) == (
+        2.5,
+        2.5,
+        ["a"],
+    )
 
 
 async def test_cpu_runs_in_another_process(executor: TaskExecutor) -> None:

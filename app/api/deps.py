@@ -29,7 +29,8 @@ def _settings(request: Request) -> Settings:
 
 
 def _correlation_id(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("correlation_id")
+    value: str | None = request.scope.get("state", {}).get("correlation_id")
+    return value
 
 
 SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]

@@ -47,7 +47,7 @@ async def heartbeat(worker_id: str, beat: WorkerHeartbeat, workers: WorkersDep) 
 
 @router.get("")
 async def list_workers(workers: WorkersDep) -> WorkerList:
-    found = await workers.list()
+    found = await workers.list_all()
     return WorkerList(workers=found, total=len(found))
 
 

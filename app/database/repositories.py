@@ -133,12 +133,14 @@ async def get_task(
     row = (await conn.execute(select(tasks).where(tasks.c.task_id == task_id))).first()
     if row is None:
         return None
-    deps = (
-        await conn.execute(
-            select(dependencies.c.depends_on).where(dependencies.c.task_id == task_id)
-        )
-    ).scalars()
-    task = _to_public(row, list(deps))
+    deps: list[str] = list(
+        (
+            await conn.execute(
+                select(dependencies.c.depends_on).where(dependencies.c.task_id == task_id)
+            )
+        ).scalars()
+    )
+    task = _to_public(row, deps)
     if with_attempts:
         task.attempts = await list_attempts(conn, task_id)
     return task
@@ -177,7 +179,9 @@ class TaskFilter:
 async def list_tasks(
     conn: AsyncConnection, where: TaskFilter, *, limit: int, offset: int
 ) -> tuple[list[TaskPublic], int]:
-    total = (await conn.execute(where.apply(select(func.count()).select_from(tasks)))).scalar_one()
+    total: int = (
+        await conn.execute(where.apply(select(func.count()).select_from(tasks)))
+    ).scalar_one()
     page = await conn.execute(
         where.apply(select(tasks))
         .order_by(tasks.c.created_at.desc(), tasks.c.task_id)
@@ -220,7 +224,7 @@ async def task_heads(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str
 
 
 async def pending_ready_after(conn: AsyncConnection, after: str, *, limit: int) -> list[Row[Any]]:
-    """A page of pending tasks with no open dependency, in task-id order (a cursor for reconciling)."""
+    """A page of pending tasks with no open dependency, in task-id order (a reconcile cursor)."""
     rows = await conn.execute(
         select(
             tasks.c.task_id,
@@ -307,7 +311,7 @@ async def heartbeat_worker(
 async def extend_leases(
     conn: AsyncConnection, worker_id: str, task_ids: Sequence[str], *, until: datetime
 ) -> None:
-    """Push the database lease of a worker's running tasks (the backstop when Redis lost its own)."""
+    """Push the database lease of a worker's running tasks (backstop if Redis lost its own)."""
     if task_ids:
         await conn.execute(
             update(tasks)

@@ -216,7 +216,7 @@ def _after(cursor: Cursor) -> ColumnElement[bool]:
         tasks.c.created_at <= cursor.created_at,
         or_(
             tasks.c.created_at < cursor.created_at,
-            tasks.c.task_id <= cursor.task_id,
+            tasks.c.task_id < cursor.task_id,
         ),
     )
 

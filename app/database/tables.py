@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -130,7 +131,7 @@ class WorkerRow(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-tasks = TaskRow.__table__
-dependencies = DependencyRow.__table__
-attempts = AttemptRow.__table__
-workers = WorkerRow.__table__
+tasks = cast(Table, TaskRow.__table__)
+dependencies = cast(Table, DependencyRow.__table__)
+attempts = cast(Table, AttemptRow.__table__)
+workers = cast(Table, WorkerRow.__table__)

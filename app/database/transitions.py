@@ -38,7 +38,7 @@ async def start(
     now: datetime,
     lease_until: datetime,
 ) -> list[Row[Any]]:
-    """pending -> running for the claimed tasks that are still pending and ready; opens an attempt."""
+    """pending -> running for claimed tasks still pending and ready; opens an attempt each."""
     # One statement for the whole claim batch; attempt + 1 is the fencing token of this run.
     rows = (
         await conn.execute(
@@ -233,7 +233,7 @@ async def requeue(
     now: datetime,
     error: str | None = None,
 ) -> ReadyTask | None:
-    """running -> pending at once: the attempt ended without a verdict (worker lost or handed back)."""
+    """running -> pending at once: the attempt ended without a verdict (handed back)."""
     row = (
         await conn.execute(
             update(tasks)

@@ -67,7 +67,9 @@ class TaskCreate(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = 1
     dependencies: list[Name] = Field(default_factory=list, max_length=1000)
-    timeout: StrictInt | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS, description="seconds")
+    timeout: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_TIMEOUT_SECONDS, description="seconds"
+    )
     max_retries: StrictInt | None = Field(default=None, ge=0, le=100)
     scheduled_at: datetime | None = None
     delay_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -165,7 +165,8 @@ class RedisQueue:
             await self.redis.zrem(self.keys.queue(task_type), *task_ids)
 
     async def queued_ids(self, task_type: str) -> list[str]:
-        return [_text(i) for i in await self.redis.zrange(self.keys.queue(task_type), 0, -1)]
+        members = await self.redis.zrange(self.keys.queue(task_type), 0, -1)
+        return [_text(i) for i in cast(list[bytes], members)]
 
     async def is_known(self, task_ids: Sequence[str], task_types: Sequence[str]) -> list[bool]:
         """For each task, whether Redis holds it anywhere (a queue, a lease, or the delayed set)."""
@@ -183,7 +184,7 @@ class RedisQueue:
 
     async def _delayed_ids(self) -> set[str]:
         members = await self.redis.zrange(self.keys.delayed, 0, -1)
-        return {_text(m).rsplit(" ", 1)[-1] for m in members}
+        return {_text(m).rsplit(" ", 1)[-1] for m in cast(list[bytes], members)}
 
 
 def _text(value: bytes | str) -> str:

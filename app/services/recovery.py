@@ -93,7 +93,7 @@ class Recovery:
         if await self.queue.redis.set(key, self.instance, nx=True, px=ttl_ms):
             return True
         holder = await self.queue.redis.get(key)
-        if holder is not None and holder.decode() == self.instance:
+        if holder in (self.instance, self.instance.encode()):
             await self.queue.redis.pexpire(key, ttl_ms)
             return True
         return False

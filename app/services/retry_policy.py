@@ -16,8 +16,9 @@ def backoff_seconds(
 ) -> float:
     """Exponential backoff with "equal jitter": half the step is fixed, half random, so retries of
     tasks that failed together spread out instead of returning as a herd."""
-    step = min(cap, base * 2 ** max(0, attempt - 1))
-    return step / 2 + (rng or random).uniform(0, step / 2)
+    step = min(cap, base * 2.0 ** max(0, attempt - 1))
+    jitter: float = (rng or random).uniform(0, step / 2)
+    return step / 2 + jitter
 
 
 def next_run_at(

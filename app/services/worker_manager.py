@@ -58,7 +58,7 @@ class WorkerManager:
         log.info("worker.deregistered", worker_id=worker_id, found=found)
         return found
 
-    async def list(self) -> list[WorkerPublic]:
+    async def list_all(self) -> list[WorkerPublic]:
         async with self.db.transaction() as conn:
             return await repo.list_workers(conn)
 

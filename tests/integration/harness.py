@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, every: float = 0.1) -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float, what: str, every: float = 0.1
+) -> Any:
     """Poll until `check` returns something truthy; fail with `what` at the deadline."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -48,9 +50,10 @@ class Proc:
         self.popen.wait(10)
 
     async def wait(self, timeout: float) -> int:
-        return await eventually(
+        code: int = await eventually(
             lambda: _returned(self.popen), timeout=timeout, what=f"{self.name} to exit"
-        ) - 1
+        )
+        return code - 1
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -79,12 +82,20 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Proc:
-        env = {**os.environ, "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url,
-               "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1", **self.env, **(extra_env or {})}
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+            **(extra_env or {}),
+        }
         log = self.tmp / f"{name}.log"
         handle = log.open("ab")
-        popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         handle.close()
         proc = Proc(name, popen, log)
         self.procs.append(proc)
@@ -92,8 +103,18 @@ class Stack:
 
     async def start_api(self) -> Proc:
         self.api_port = self.api_port or free_port()
-        args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                "--port", str(self.api_port), "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.api_port),
+            "--log-level",
+            "warning",
+        ]
         self.api = self._spawn(f"api-{len(self.procs)}", args)
         await eventually(self._healthy, timeout=60, what="the API to answer /health")
         return self.api
@@ -108,9 +129,18 @@ class Stack:
         except httpx.TransportError:
             return False
 
-    def start_worker(self, worker_id: str, *options: str, env: dict[str, str] | None = None) -> Proc:
-        args = [sys.executable, "worker/worker_node.py", "--worker-id", worker_id, "--api-url", self.api_url,
-                *options]
+    def start_worker(
+        self, worker_id: str, *options: str, env: dict[str, str] | None = None
+    ) -> Proc:
+        args = [
+            sys.executable,
+            "worker/worker_node.py",
+            "--worker-id",
+            worker_id,
+            "--api-url",
+            self.api_url,
+            *options,
+        ]
         return self._spawn(worker_id, args, env)
 
     async def wait_for_workers(self, *worker_ids: str, timeout: float = 60) -> None:

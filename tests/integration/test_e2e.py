@@ -27,8 +27,14 @@ def mixed_tasks(count: int, rng: random.Random) -> list[dict[str, Any]]:
     tasks = []
     for i in range(count):
         task_type, payload = kinds[i % len(kinds)]
-        tasks.append({"task_id": f"mix-{i}", "task_type": task_type, "payload": payload,
-                      "priority": rng.randint(1, 10)})
+        tasks.append(
+            {
+                "task_id": f"mix-{i}",
+                "task_type": task_type,
+                "payload": payload,
+                "priority": rng.randint(1, 10),
+            }
+        )
     return tasks
 
 
@@ -36,7 +42,7 @@ async def all_final(http: httpx.AsyncClient, expected: int) -> bool:
     pending = (await http.get("/api/tasks?status=pending&limit=1")).json()["total"]
     running = (await http.get("/api/tasks?status=running&limit=1")).json()["total"]
     total = (await http.get("/api/tasks?limit=1")).json()["total"]
-    return total == expected and pending == 0 and running == 0
+    return bool(total == expected and pending == 0 and running == 0)
 
 
 async def test_seed_example_and_a_few_hundred_mixed_tasks(stack: Stack) -> None:
@@ -44,21 +50,43 @@ async def test_seed_example_and_a_few_hundred_mixed_tasks(stack: Stack) -> None:
     workers = [stack.start_worker(f"worker-{i}") for i in (1, 2)]
     await stack.wait_for_workers("worker-1", "worker-2")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        seed = await http.post("/api/tasks", json=seed_example(), headers={"X-Correlation-ID": "seed-corr-1"})
+        seed = await http.post(
+            "/api/tasks", json=seed_example(), headers={"X-Correlation-ID": "seed-corr-1"}
+        )
         assert seed.status_code == 201
         batch = mixed_tasks(300, random.Random(42))
         answers = await asyncio.gather(*(http.post("/api/tasks", json=t) for t in batch))
         assert {a.status_code for a in answers} == {201}
-        await http.post("/api/tasks", json={"task_id": "boom", "task_type": "fail", "max_retries": 0,
-                                            "payload": {"parameters": {"message": "expected failure"}}})
-        await http.post("/api/tasks", json={"task_id": "after-boom", "task_type": "echo", "dependencies": ["boom"]})
-        await http.post("/api/tasks", json={"task_id": "join", "task_type": "analysis",
-                                            "dependencies": ["mix-0", "mix-1", "unique-task-id"]})
+        await http.post(
+            "/api/tasks",
+            json={
+                "task_id": "boom",
+                "task_type": "fail",
+                "max_retries": 0,
+                "payload": {"parameters": {"message": "expected failure"}},
+            },
+        )
+        await http.post(
+            "/api/tasks",
+            json={"task_id": "after-boom", "task_type": "echo", "dependencies": ["boom"]},
+        )
+        await http.post(
+            "/api/tasks",
+            json={
+                "task_id": "join",
+                "task_type": "analysis",
+                "dependencies": ["mix-0", "mix-1", "unique-task-id"],
+            },
+        )
         await eventually(lambda: all_final(http, 304), timeout=120, what="every task to finish")
 
         done = (await http.get("/api/tasks/unique-task-id")).json()
         assert done["status"] == "completed"
-        assert done["result"] == {"normalized": "task specific data", "word_count": 3, "unique_words": 3}
+        assert done["result"] == {
+            "normalized": "task specific data",
+            "word_count": 3,
+            "unique_words": 3,
+        }
         assert done["worker_id"] in {"worker-1", "worker-2"}
         assert done["started_at"] <= done["completed_at"]
 
@@ -89,9 +117,17 @@ async def test_sigterm_lets_a_worker_finish_and_deregister(stack: Stack) -> None
     worker = stack.start_worker("graceful", "--grace-period", "20")
     await stack.wait_for_workers("graceful")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        await http.post("/api/tasks", json={"task_id": "s", "task_type": "sleep",
-                                            "payload": {"parameters": {"seconds": 1.5}}})
-        await eventually(lambda: _status_is(http, "s", "running"), timeout=30, what="the task to start")
+        await http.post(
+            "/api/tasks",
+            json={
+                "task_id": "s",
+                "task_type": "sleep",
+                "payload": {"parameters": {"seconds": 1.5}},
+            },
+        )
+        await eventually(
+            lambda: _status_is(http, "s", "running"), timeout=30, what="the task to start"
+        )
         worker.signal(15)
         assert await worker.wait(timeout=30) == 0
         task = (await http.get("/api/tasks/s")).json()
@@ -105,16 +141,28 @@ async def test_sigterm_past_the_grace_period_hands_the_task_back_at_once(stack: 
     worker = stack.start_worker("quitter", "--grace-period", "0.5")
     await stack.wait_for_workers("quitter")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        await http.post("/api/tasks", json={"task_id": "long", "task_type": "sleep",
-                                            "payload": {"parameters": {"seconds": 60}}})
-        await eventually(lambda: _status_is(http, "long", "running"), timeout=30, what="the task to start")
+        await http.post(
+            "/api/tasks",
+            json={
+                "task_id": "long",
+                "task_type": "sleep",
+                "payload": {"parameters": {"seconds": 60}},
+            },
+        )
+        await eventually(
+            lambda: _status_is(http, "long", "running"), timeout=30, what="the task to start"
+        )
         worker.signal(15)
         assert await worker.wait(timeout=30) == 0
         task = (await http.get("/api/tasks/long")).json()
         assert task["status"] == "pending"
         assert [a["outcome"] for a in task["attempts"]] == ["released"]
         stack.start_worker("taker")
-        await eventually(lambda: _status_is(http, "long", "running"), timeout=30, what="another worker to take it")
+        await eventually(
+            lambda: _status_is(http, "long", "running"),
+            timeout=30,
+            what="another worker to take it",
+        )
         assert (await http.get("/api/tasks/long")).json()["worker_id"] == "taker"
 
 
