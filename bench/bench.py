@@ -238,6 +238,10 @@ class DatabaseProvider(Protocol):
         """URL of a new, empty database."""
         ...
 
+    def pgid(self) -> int | None:
+        """Process group of the database server, if it is a process."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -247,6 +251,9 @@ class SqliteProvider:
 
     def fresh(self, label: str) -> str:
         return f"sqlite:///{self.root / f'{label}.db'}"
+
+    def pgid(self) -> int | None:
+        return None  # SQLite runs inside the API process
 
     def close(self) -> None:
         pass
@@ -262,6 +269,9 @@ class PostgresProvider:
 
     def fresh(self, label: str) -> str:
         return self.server.create_database(f"bench_{label}")
+
+    def pgid(self) -> int | None:
+        return self.server.pid  # started in its own session: pgid == pid
 
     def close(self) -> None:
         self.server.stop()
@@ -321,6 +331,15 @@ class Stack:
             cmd += ["--max-concurrent-tasks", str(self.opts.worker_slots)]
             log = self.root / f"worker-{n}.log"
             self.workers.append(spawn(f"bench-{n}", cmd, self._env(), log))
+
+    def groups(self) -> dict[int, str]:
+        """Process group -> component name, for CPU accounting."""
+        found = {c.popen.pid: "workers" for c in self.workers}
+        if self.api is not None:
+            found[self.api.popen.pid] = "api"
+        if self.valkey.pid is not None:
+            found[self.valkey.pid] = "valkey"
+        return found
 
     def check_alive(self) -> None:
         for child in [c for c in (self.api, *self.workers) if c is not None]:
@@ -423,6 +442,70 @@ class Profiler:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+
+# --------------------------------------------------------------------------------------------- #
+# CPU accounting: what each component used, and what the rest of the (shared) machine used
+# --------------------------------------------------------------------------------------------- #
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds spent not idle, summed over all CPUs, since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS  # minus idle and iowait
+
+
+def cpu_by_group(groups: dict[int, str]) -> Counter[str]:
+    """CPU seconds (user + system) of the live processes of each named process group."""
+    used: Counter[str] = Counter()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:  # the process vanished
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()  # fields[0] is the state (field 3)
+        name = groups.get(int(fields[2]))
+        if name is not None:
+            used[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return used
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    machine: float
+    parts: Counter[str]
+
+
+class CpuMeter:
+    """CPU seconds per component over a window; "others" is the rest of the machine."""
+
+    def __init__(self, groups: Callable[[], dict[int, str]]) -> None:
+        self.groups = groups
+        self.begin = self._snapshot()
+
+    def _snapshot(self) -> CpuSnapshot:
+        parts = cpu_by_group(self.groups())
+        times = os.times()
+        parts["bench client"] = times.user + times.system
+        return CpuSnapshot(time.perf_counter(), machine_busy_seconds(), parts)
+
+    def stop(self) -> Json:
+        end = self._snapshot()
+        seconds = end.at - self.begin.at
+        used = {k: end.parts[k] - self.begin.parts.get(k, 0.0) for k in end.parts}
+        others = max(0.0, end.machine - self.begin.machine - sum(used.values()))
+        capacity = seconds * (os.cpu_count() or 1)
+        return {
+            "window_s": round(seconds, 2),
+            "cpu_s": {k: round(v, 2) for k, v in sorted(used.items())} | {"others": round(others, 2)},
+            "machine_busy_pct": round(100 * (end.machine - self.begin.machine) / capacity, 1),
+            "others_pct": round(100 * others / capacity, 1),
+        }
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -608,6 +691,13 @@ class PhaseContext:
     def stack(self, phase: str, *, workers: bool) -> contextlib.AbstractAsyncContextManager[Stack]:
         url = self.provider.fresh(phase)
         return running_stack(self.root / phase, url, self.opts, workers=workers)
+
+    def meter(self, stack: Stack) -> CpuMeter:
+        def groups() -> dict[int, str]:
+            db = self.provider.pgid()
+            return stack.groups() | ({db: "postgres"} if db is not None else {})
+
+        return CpuMeter(groups)
 
 
 async def phase_submit(ctx: PhaseContext) -> Json:
