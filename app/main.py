@@ -13,10 +13,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import health, stats, tasks, workers
+from app.api import health, queues, stats, tasks, workers
 from app.config import Settings, get_settings
 from app.database.connection import Database
 from app.services.message_queue import RedisQueue
@@ -55,15 +55,33 @@ class CorrelationIdMiddleware:
             await self.app(scope, receive, send_with_header)
 
 
-async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """The database is down or unreachable: ask the client to come back instead of a 500."""
-    log.warning("storage.unavailable", path=request.url.path, error=type(exc).__name__)
-    detail = [
-        {"loc": [], "msg": "the task store is unavailable; retry shortly", "type": "unavailable"}
-    ]
-    return JSONResponse(
-        {"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+def _is_outage(exc: Exception) -> bool:
+    """Connection-level failures mean the store is down; anything else is a bug, not an outage."""
+    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc.orig, OSError)
     )
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database is down: 503 with Retry-After instead of a 500. Other database errors are
+    bugs: logged with their traceback, answered with a plain 500 that leaks no internals."""
+    if _is_outage(exc):
+        log.warning("storage.unavailable", path=request.url.path, error=type(exc).__name__)
+        detail = [
+            {
+                "loc": [],
+                "msg": "the task store is unavailable; retry shortly",
+                "type": "unavailable",
+            }
+        ]
+        return JSONResponse(
+            {"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS}
+        )
+    log.error("storage.error", path=request.url.path, exc_info=exc)
+    detail = [{"loc": [], "msg": "internal error", "type": "internal"}]
+    return JSONResponse({"detail": detail}, status_code=500)
 
 
 def build_services(app: FastAPI, settings: Settings) -> None:
@@ -124,10 +142,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings_override = settings
     app.add_middleware(CorrelationIdMiddleware)
-    for exc_type in (OperationalError, DBAPIError, OSError, TimeoutError):
-        app.add_exception_handler(exc_type, _storage_unavailable)
+    for exc_type in (DBAPIError, OSError, TimeoutError):
+        app.add_exception_handler(exc_type, _storage_error)
     app.include_router(tasks.router)
     app.include_router(workers.router)
+    app.include_router(queues.router)
     app.include_router(stats.router)
     app.include_router(health.router)
     return app

@@ -457,9 +457,9 @@ def machine_busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS  # minus idle and iowait
 
 
-def cpu_by_group(groups: dict[int, str]) -> Counter[str]:
+def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
     """CPU seconds (user + system) of the live processes of each named process group."""
-    used: Counter[str] = Counter()
+    used: dict[str, float] = dict.fromkeys(groups.values(), 0.0)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -478,7 +478,7 @@ def cpu_by_group(groups: dict[int, str]) -> Counter[str]:
 class CpuSnapshot:
     at: float
     machine: float
-    parts: Counter[str]
+    parts: dict[str, float]
 
 
 class CpuMeter:
@@ -497,12 +497,13 @@ class CpuMeter:
     def stop(self) -> Json:
         end = self._snapshot()
         seconds = end.at - self.begin.at
-        used = {k: end.parts[k] - self.begin.parts.get(k, 0.0) for k in end.parts}
+        used = {k: v - self.begin.parts.get(k, 0.0) for k, v in end.parts.items()}
         others = max(0.0, end.machine - self.begin.machine - sum(used.values()))
         capacity = seconds * (os.cpu_count() or 1)
         return {
             "window_s": round(seconds, 2),
-            "cpu_s": {k: round(v, 2) for k, v in sorted(used.items())} | {"others": round(others, 2)},
+            "cpu_s": {k: round(v, 2) for k, v in sorted(used.items())}
+            | {"others": round(others, 2)},
             "machine_busy_pct": round(100 * (end.machine - self.begin.machine) / capacity, 1),
             "others_pct": round(100 * others / capacity, 1),
         }
@@ -523,9 +524,22 @@ class Submitted:
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
+    first_error: str = ""
+
     @property
     def rate(self) -> float:
         return self.accepted / self.seconds if self.seconds > 0 else 0.0
+
+    def refused(self, response: httpx.Response) -> None:
+        self.errors[str(response.status_code)] += 1
+        self.first_error = self.first_error or response.text[:300]
+
+    def check(self, what: str) -> Submitted:
+        """A benchmark with refused submissions measures nothing: stop with the reason."""
+        if self.errors:
+            detail = f"{what}: errors {dict(self.errors)}; first: {self.first_error}"
+            raise BenchError(detail)
+        return self
 
 
 async def has_batch_endpoint(client: httpx.AsyncClient) -> bool:
@@ -552,14 +566,14 @@ async def submit_singles(
             if time.monotonic() > deadline:
                 raise BenchError("submission took longer than the deadline")
             try:
-                status = (await client.post("/api/tasks", json=echo_body(n))).status_code
+                response = await client.post("/api/tasks", json=echo_body(n))
             except httpx.TransportError as exc:
                 out.errors[type(exc).__name__] += 1
                 continue
-            if status == 201:
+            if response.status_code == 201:
                 out.accepted += 1
             else:
-                out.errors[str(status)] += 1
+                out.refused(response)
 
     out.seconds = await _run_lanes(concurrency, lane)
     return out
@@ -583,7 +597,7 @@ async def submit_batches(
             if response.is_success:
                 out.accepted += len(body["tasks"])
             else:
-                out.errors[f"{response.status_code}: {response.text[:200]}"] += 1
+                out.refused(response)
 
     out.seconds = await _run_lanes(concurrency, lane)
     return out
@@ -592,8 +606,10 @@ async def submit_batches(
 async def submit_all(stack: Stack, count: int, use_batch: bool) -> Submitted:
     opts = stack.opts
     if use_batch:
-        return await submit_batches(stack.client, count, opts.batch_size, opts.batch_concurrency)
-    return await submit_singles(stack.client, count, opts.concurrency)
+        sent = await submit_batches(stack.client, count, opts.batch_size, opts.batch_concurrency)
+    else:
+        sent = await submit_singles(stack.client, count, opts.concurrency)
+    return sent.check("submission")
 
 
 async def count_tasks(client: httpx.AsyncClient, status: str | None = None) -> int:
@@ -700,26 +716,46 @@ class PhaseContext:
         return CpuMeter(groups)
 
 
-async def phase_submit(ctx: PhaseContext) -> Json:
-    opts = ctx.opts
-    profiler = Profiler(opts.profile_dir, f"{ctx.backend}-submit")
-    async with ctx.stack("submit", workers=False) as stack:
-        profiler.attach("api", stack.api)
-        try:
-            sent = await submit_singles(stack.client, opts.submit_tasks, opts.concurrency)
-        finally:
-            profiler.finish()
-        stored = await count_tasks(stack.client, "pending")
-    say(f"submit: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
+@contextlib.contextmanager
+def observed(
+    ctx: PhaseContext, stack: Stack, phase: str, *, worker: bool = False
+) -> Iterator[Json]:
+    """CPU accounting (and py-spy, with --profile) over the measured window of a phase."""
+    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-{phase}")
+    profiler.attach("api", stack.api)
+    if worker and stack.workers:
+        profiler.attach("worker1", stack.workers[0])
+    meter = ctx.meter(stack)
+    cpu: Json = {}
+    try:
+        yield cpu
+    finally:
+        cpu.update(meter.stop())
+        profiler.finish()
+
+
+def _submit_result(sent: Submitted, stored: int, cpu: Json) -> Json:
+    api_cpu = cpu["cpu_s"].get("api", 0.0)
     return {
-        "tasks": opts.submit_tasks,
-        "concurrency": opts.concurrency,
         "accepted": sent.accepted,
         "stored_pending": stored,
         "errors": dict(sent.errors),
         "seconds": round(sent.seconds, 3),
         "tasks_per_s": round(sent.rate, 1),
+        "api_cpu_ms_per_task": round(1000 * api_cpu / max(1, sent.accepted), 2),
+        "cpu": cpu,
     }
+
+
+async def phase_submit(ctx: PhaseContext) -> Json:
+    opts = ctx.opts
+    async with ctx.stack("submit", workers=False) as stack:
+        with observed(ctx, stack, "submit") as cpu:
+            sent = await submit_singles(stack.client, opts.submit_tasks, opts.concurrency)
+        sent.check("submit")
+        stored = await count_tasks(stack.client, "pending")
+    say(f"submit: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
+    return {"concurrency": opts.concurrency, **_submit_result(sent, stored, cpu)}
 
 
 async def phase_batch(ctx: PhaseContext) -> Json:
@@ -728,21 +764,18 @@ async def phase_batch(ctx: PhaseContext) -> Json:
         if not await has_batch_endpoint(stack.client):
             say("batch: POST /api/tasks/batch does not exist; skipped")
             return {"available": False}
-        sent = await submit_batches(
-            stack.client, opts.submit_tasks, opts.batch_size, opts.batch_concurrency
-        )
+        with observed(ctx, stack, "batch") as cpu:
+            sent = await submit_batches(
+                stack.client, opts.submit_tasks, opts.batch_size, opts.batch_concurrency
+            )
+        sent.check("batch")
         stored = await count_tasks(stack.client, "pending")
     say(f"batch: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
     return {
         "available": True,
-        "tasks": opts.submit_tasks,
         "batch_size": opts.batch_size,
         "concurrency": opts.batch_concurrency,
-        "accepted": sent.accepted,
-        "stored_pending": stored,
-        "errors": dict(sent.errors),
-        "seconds": round(sent.seconds, 3),
-        "tasks_per_s": round(sent.rate, 1),
+        **_submit_result(sent, stored, cpu),
     }
 
 
@@ -758,18 +791,13 @@ async def _checked_tasks(stack: Stack, expected: int) -> tuple[list[Json], Json]
 
 async def phase_e2e(ctx: PhaseContext) -> Json:
     n = ctx.opts.tasks
-    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-e2e")
     async with ctx.stack("e2e", workers=True) as stack:
         use_batch = await has_batch_endpoint(stack.client)
-        profiler.attach("api", stack.api)
-        profiler.attach("worker1", stack.workers[0])
-        try:
+        with observed(ctx, stack, "e2e", worker=True) as cpu:
             first = time.perf_counter()
             sent = await submit_all(stack, n, use_batch)
             submitted = time.perf_counter()
             done = await wait_completed(stack, sent.accepted)
-        finally:
-            profiler.finish()
         tasks, check = await _checked_tasks(stack, n)
     wall = done - first
     say(f"e2e: {n} tasks, wall {wall:.2f} s = {n / wall:.0f}/s, verified={check['ok']}")
@@ -777,30 +805,26 @@ async def phase_e2e(ctx: PhaseContext) -> Json:
         "tasks": n,
         "submission": "batch" if use_batch else f"POST x{ctx.opts.concurrency}",
         "submit_seconds": round(submitted - first, 3),
-        "submit_errors": dict(sent.errors),
         "wall_seconds": round(wall, 3),
         "wall_tasks_per_s": per_second(n, wall),
         "server_wall_seconds": round(span(tasks, "created_at", "completed_at"), 3),
         "after_submit_seconds": round(done - submitted, 3),
         "verification": check,
+        "cpu": cpu,
     }
 
 
 async def phase_drain(ctx: PhaseContext) -> Json:
     n = ctx.opts.tasks
-    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-drain")
     async with ctx.stack("drain", workers=False) as stack:
         use_batch = await has_batch_endpoint(stack.client)
         sent = await submit_all(stack, n, use_batch)
         preloaded = await count_tasks(stack.client, "pending")
         say(f"drain: pre-loaded {preloaded} in {sent.seconds:.1f} s; starting the workers")
-        spawned = time.perf_counter()
-        stack.start_workers()
-        profiler.attach("api", stack.api)
-        try:
+        with observed(ctx, stack, "drain") as cpu:
+            spawned = time.perf_counter()
+            stack.start_workers()
             done = await wait_completed(stack, sent.accepted)
-        finally:
-            profiler.finish()
         tasks, check = await _checked_tasks(stack, n)
     server = span(tasks, "started_at", "completed_at")
     say(f"drain: {n} tasks in {server:.2f} s = {n / server:.0f}/s, verified={check['ok']}")
@@ -811,7 +835,9 @@ async def phase_drain(ctx: PhaseContext) -> Json:
         "drain_tasks_per_s": per_second(n, server),
         "from_spawn_seconds": round(done - spawned, 3),
         "from_spawn_tasks_per_s": per_second(n, done - spawned),
+        "api_cpu_ms_per_task": round(1000 * cpu["cpu_s"].get("api", 0.0) / n, 2),
         "verification": check,
+        "cpu": cpu,
     }
 
 
@@ -825,15 +851,18 @@ class OpenLoop:
     last_answer: float = 0.0
 
 
-async def _timed_post(client: httpx.AsyncClient, n: int, out: OpenLoop) -> None:
-    began = time.perf_counter()
+async def _timed_post(
+    client: httpx.AsyncClient, n: int, due: float, lanes: asyncio.Semaphore, out: OpenLoop
+) -> None:
+    """One submission; its latency counts from when it was due (no coordinated omission)."""
     try:
-        status = (await client.post("/api/tasks", json=echo_body(n))).status_code
+        async with lanes:  # waiting here is cheap; httpx's own pool queue is not
+            status = (await client.post("/api/tasks", json=echo_body(n))).status_code
     except httpx.TransportError as exc:
         out.errors[type(exc).__name__] += 1
         return
     out.last_answer = time.perf_counter()
-    out.rtts.append(out.last_answer - began)
+    out.rtts.append(out.last_answer - due)
     if status == 201:
         out.accepted += 1
     else:
@@ -841,18 +870,20 @@ async def _timed_post(client: httpx.AsyncClient, n: int, out: OpenLoop) -> None:
 
 
 async def open_loop(
-    client: httpx.AsyncClient, rate: float, duration: float
+    client: httpx.AsyncClient, rate: float, duration: float, concurrency: int
 ) -> tuple[OpenLoop, float]:
     """Send at ``rate``/s by the clock for ``duration`` s, never waiting for answers."""
     out = OpenLoop()
+    lanes = asyncio.Semaphore(concurrency)
     inflight: set[asyncio.Task[None]] = set()
     t0 = time.perf_counter() + 0.05
     for n in range(int(rate * duration)):
-        delay = t0 + n / rate - time.perf_counter()
+        due = t0 + n / rate
+        delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         out.max_lag = max(out.max_lag, -delay)
-        task = asyncio.create_task(_timed_post(client, n, out))
+        task = asyncio.create_task(_timed_post(client, n, due, lanes, out))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
         out.sent += 1
@@ -870,7 +901,8 @@ async def phase_latency(ctx: PhaseContext) -> Json:
     opts = ctx.opts
     async with ctx.stack("latency", workers=True) as stack:
         await asyncio.sleep(1.0)  # let the workers settle into their blocking wait
-        loop, t0 = await open_loop(stack.client, opts.rate, opts.duration)
+        with observed(ctx, stack, "latency") as cpu:
+            loop, t0 = await open_loop(stack.client, opts.rate, opts.duration, opts.concurrency)
         await wait_completed(stack, loop.accepted, timeout=120 + opts.duration)
         tasks = await fetch_all_tasks(stack.client, loop.accepted)
     start = distribution_ms(_latencies(tasks, "created_at", "started_at"))
@@ -885,7 +917,8 @@ async def phase_latency(ctx: PhaseContext) -> Json:
         "max_send_lag_ms": round(loop.max_lag * 1000, 1),
         "submit_to_start_ms": start,
         "submit_to_complete_ms": distribution_ms(_latencies(tasks, "created_at", "completed_at")),
-        "http_submit_rtt_ms": distribution_ms(loop.rtts),
+        "http_submit_from_due_ms": distribution_ms(loop.rtts),
+        "cpu": cpu,
     }
 
 
@@ -941,7 +974,13 @@ ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("latency: submit->start p95", ("latency", "submit_to_start_ms", "p95"), "ms"),
     ("latency: submit->start p99", ("latency", "submit_to_start_ms", "p99"), "ms"),
     ("latency: submit->start max", ("latency", "submit_to_start_ms", "max"), "ms"),
-    ("latency: HTTP submit p99", ("latency", "http_submit_rtt_ms", "p99"), "ms"),
+    ("latency: HTTP answer p99 (from due)", ("latency", "http_submit_from_due_ms", "p99"), "ms"),
+    ("API CPU per task: submit", ("submit", "api_cpu_ms_per_task"), "ms"),
+    ("API CPU per task: batch", ("batch", "api_cpu_ms_per_task"), "ms"),
+    ("API CPU per task: drain", ("drain", "api_cpu_ms_per_task"), "ms"),
+    ("other processes' CPU: submit", ("submit", "cpu", "others_pct"), "% machine"),
+    ("other processes' CPU: drain", ("drain", "cpu", "others_pct"), "% machine"),
+    ("other processes' CPU: latency", ("latency", "cpu", "others_pct"), "% machine"),
 ]
 
 

@@ -20,9 +20,35 @@ from app.services.message_queue import LUA_DIR
 log = structlog.get_logger(__name__)
 
 
-def system_info() -> SystemInfo:
+HIGH_CPU_PERCENT = 90.0
+
+
+def claim_budget(*, free_slots: int, max_slots: int, cpu_percent: float | None) -> int:
+    """How many tasks to claim now. Workers pull, so load balancing happens here: a worker takes
+    at most its free slots (no hoarding), and while its machine is above HIGH_CPU_PERCENT it
+    fills only half of its slots, leaving the work to less loaded workers."""
+    cap = max_slots
+    if cpu_percent is not None and cpu_percent >= HIGH_CPU_PERCENT:
+        cap = max(1, max_slots // 2)
+    running = max_slots - free_slots
+    return max(0, min(free_slots, cap - running))
+
+
+class CpuSampler:
+    """psutil measures CPU between two calls; one owner of those calls keeps the window sane."""
+
+    def __init__(self) -> None:
+        self.percent: float | None = None
+        psutil.cpu_percent(interval=None)  # starts the first window
+
+    def sample(self) -> float:
+        self.percent = psutil.cpu_percent(interval=None)
+        return self.percent
+
+
+def system_info(cpu: CpuSampler) -> SystemInfo:
     return SystemInfo(
-        cpu_usage=psutil.cpu_percent(interval=None),
+        cpu_usage=cpu.percent if cpu.percent is not None else cpu.sample(),
         memory_usage=psutil.virtual_memory().percent,
         disk_usage=psutil.disk_usage("/").percent,
     )
@@ -37,6 +63,7 @@ class LeaseKeeper(threading.Thread):
         worker_id: str,
         lease_seconds: float,
         held: Callable[[], list[str]],
+        cpu: CpuSampler,
     ) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
@@ -47,11 +74,13 @@ class LeaseKeeper(threading.Thread):
         # Three renewals per lease: one lost renewal (a blip) never lets the lease lapse.
         self.interval = lease_seconds / 3
         self.held = held
+        self.cpu = cpu
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             self.renew_now()
+            self.cpu.sample()
 
     def renew_now(self) -> None:
         ids = self.held()

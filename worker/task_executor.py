@@ -155,6 +155,14 @@ class TaskExecutor:
             self._kill_process_pool()
             log.warning("executor.process_pool_killed", task_type=registration.name)
 
+    def abandon(self, task_type: str) -> None:
+        """An attempt was cancelled from outside: make sure its work really stops. A coroutine is
+        already cancelled; a process handler is killed; a thread cannot be, and runs to its end
+        unobserved (its slot is freed: the thread pool is sized beyond the task slots)."""
+        registration = REGISTRY.get(task_type)
+        if registration is not None and registration.mode == "process":
+            self._kill_process_pool()
+
     def _kill_process_pool(self) -> None:
         pool, self._processes = self._processes, None
         if pool is None:

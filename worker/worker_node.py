@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -33,7 +34,7 @@ from app.services.message_queue import RedisQueue
 from app.utils.logging_config import configure_logging
 from worker import builtin_tasks
 from worker.api_client import SchedulerClient, WorkerUnknown
-from worker.health_monitor import LeaseKeeper, system_info
+from worker.health_monitor import CpuSampler, LeaseKeeper, claim_budget, system_info
 from worker.task_executor import TaskExecutor
 
 log = structlog.get_logger(__name__)
@@ -59,7 +60,10 @@ class WorkerNode:
         self.options = options
         self.worker_id = options.worker_id
         self.api = SchedulerClient(options.api_url)
-        self.executor = TaskExecutor(pool_size=options.pool_size)
+        # More threads than slots: an abandoned (timed-out) sync handler must not starve the rest.
+        self.executor = TaskExecutor(
+            pool_size=max(options.pool_size, 2 * options.max_concurrent_tasks)
+        )
         self.capabilities = options.capabilities or self.executor.task_types
         self.running: dict[str, tuple[TaskToRun, asyncio.Task[None]]] = {}
         self.unreported: dict[str, TaskReport] = {}
@@ -67,6 +71,8 @@ class WorkerNode:
         self.slot_freed = asyncio.Event()
         self.stopping = asyncio.Event()
         self.hard_stop = asyncio.Event()
+        self.cancel_requested: set[str] = set()
+        self.cpu = CpuSampler()
         self.queue: RedisQueue | None = None
         self.lease_keeper: LeaseKeeper | None = None
 
@@ -88,12 +94,14 @@ class WorkerNode:
             worker_id=self.worker_id,
             lease_seconds=registration.lease_seconds,
             held=self.held_task_ids,
+            cpu=self.cpu,
         )
         self.lease_keeper.start()
         interval = self.options.heartbeat_interval or registration.heartbeat_interval
         helpers = [
             asyncio.create_task(self._heartbeat_loop(interval)),
             asyncio.create_task(self._report_loop()),
+            asyncio.create_task(self._cancel_loop()),
         ]
         log.info(
             "worker.started",
@@ -125,7 +133,11 @@ class WorkerNode:
         assert self.queue is not None
         backoff = 0.1
         while not self.stopping.is_set():
-            free = self.options.max_concurrent_tasks - len(self.running)
+            free = claim_budget(
+                free_slots=self.options.max_concurrent_tasks - len(self.running),
+                max_slots=self.options.max_concurrent_tasks,
+                cpu_percent=self.cpu.percent,
+            )
             if free <= 0:
                 self.slot_freed.clear()
                 await _wait_any(self.slot_freed, self.stopping, timeout=1.0)
@@ -161,17 +173,48 @@ class WorkerNode:
             try:
                 report = await self.executor.execute(job)
             except asyncio.CancelledError:
-                report = TaskReport(
-                    task_id=job.task_id,
-                    attempt=job.attempt,
-                    outcome=AttemptOutcome.RELEASED,
-                    error="worker shutting down",
-                )
+                report = self._interrupted(job)
             log.info("task.finished", outcome=report.outcome, error=report.error)
         self.unreported[job.task_id] = report
         self.running.pop(job.task_id, None)
         self.reports.put_nowait(report)
         self.slot_freed.set()
+
+    def _interrupted(self, job: TaskToRun) -> TaskReport:
+        """The attempt was stopped: by a cancel request, or by shutdown (then it is handed back)."""
+        self.executor.abandon(job.task_type)
+        if job.task_id in self.cancel_requested:
+            self.cancel_requested.discard(job.task_id)
+            outcome, reason = AttemptOutcome.CANCELLED, "cancelled by request"
+        else:
+            outcome, reason = AttemptOutcome.RELEASED, "worker shutting down"
+        return TaskReport(task_id=job.task_id, attempt=job.attempt, outcome=outcome, error=reason)
+
+    async def _cancel_loop(self) -> None:
+        """Listen for cancel requests; an attempt of ours that was cancelled is stopped."""
+        assert self.queue is not None
+        backoff = 0.5
+        while True:
+            try:
+                async with self.queue.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.queue.keys.cancel_channel)
+                    backoff = 0.5
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._cancel_local(orjson.loads(message["data"]))
+            except (RedisError, OSError) as exc:
+                log.warning("cancel_listener.reconnecting", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _cancel_local(self, request: dict[str, object]) -> None:
+        entry = self.running.get(str(request.get("task_id")))
+        if entry is None or entry[0].attempt != request.get("attempt"):
+            return
+        job, handle = entry
+        log.info("task.cancel_requested", task_id=job.task_id, attempt=job.attempt)
+        self.cancel_requested.add(job.task_id)
+        handle.cancel()
 
     # --- reporting and heartbeats --------------------------------------------------------------
 
@@ -194,7 +237,7 @@ class WorkerNode:
             beat = WorkerHeartbeat(
                 status=WorkerStatus.DRAINING if self.stopping.is_set() else WorkerStatus.ACTIVE,
                 current_tasks=list(self.running),
-                system_info=system_info(),
+                system_info=system_info(self.cpu),
             )
             try:
                 await self.api.heartbeat(self.worker_id, beat)

@@ -29,9 +29,6 @@ from app.services.message_queue import RedisQueue
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
 MAX_BUCKETS = 1440
-# Rows fetched for the latency percentiles of one time series, shared out among its buckets.
-SAMPLE_BUDGET = 20_000
-MIN_SAMPLE_PER_BUCKET = 10
 
 
 # --- response shapes --------------------------------------------------------------------------
@@ -85,7 +82,8 @@ class Overview(BaseModel):
 
 class Latency(BaseModel):
     """Seconds. queue_wait: submission to the start of the last attempt; run_time: that start
-    to the end. None when no task in the sample ran."""
+    to the end. None when no task ran. In time series these are estimates from histograms
+    (within a factor of 2.5, the width of a bin); in /durations they are exact."""
 
     queue_wait_p50: float | None = None
     queue_wait_p95: float | None = None
@@ -163,6 +161,24 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     rank = (len(ordered) - 1) * q / 100
     low, high = math.floor(rank), math.ceil(rank)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def histogram_percentile(counts: Sequence[int], q: float) -> float | None:
+    """The q-th percentile (0-100) of durations counted in the LATENCY_EDGES bins, interpolated
+    linearly within the bin that holds it; the open last bin answers with its lower edge."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank, below = total * q / 100, 0
+    for i, n in enumerate(counts):
+        if n and below + n >= rank:
+            low = sql.LATENCY_EDGES[i - 1] if i > 0 else 0.0
+            if i == len(sql.LATENCY_EDGES):
+                return low
+            high = sql.LATENCY_EDGES[i]
+            return low + (high - low) * max(0.0, rank - below) / n
+        below += n
+    return None  # unreachable: the last non-empty bin always reaches the rank
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
@@ -282,13 +298,26 @@ async def overview(request: Request, db: DatabaseDep, settings: SettingsDep) -> 
 # --- time series ------------------------------------------------------------------------------
 
 
-def _fill_counts(buckets: list[Bucket], finished: Iterable[Any], submitted: Iterable[Any]) -> None:
-    for r in finished:
-        if 0 <= r.bucket < len(buckets):
-            setattr(buckets[r.bucket], TaskStatus(r.status).value, r.n)
-    for r in submitted:
-        if 0 <= r.bucket < len(buckets):
-            buckets[r.bucket].submitted = r.n
+class Histograms:
+    """Per bucket, counts of queue waits and run times in the LATENCY_EDGES bins."""
+
+    def __init__(self, buckets: int) -> None:
+        bins = len(sql.LATENCY_EDGES) + 1
+        self.wait = [[0] * bins for _ in range(buckets)]
+        self.run = [[0] * bins for _ in range(buckets)]
+
+    def add(self, row: Any) -> None:
+        if row.wait_bin is not None:
+            self.wait[row.bucket][row.wait_bin] += row.n
+        if row.run_bin is not None:
+            self.run[row.bucket][row.run_bin] += row.n
+
+
+def _fill_latency(bucket: Bucket, wait: Sequence[int], run: Sequence[int]) -> None:
+    bucket.queue_wait_p50 = histogram_percentile(wait, 50)
+    bucket.queue_wait_p95 = histogram_percentile(wait, 95)
+    bucket.run_time_p50 = histogram_percentile(run, 50)
+    bucket.run_time_p95 = histogram_percentile(run, 95)
 
 
 def _fill_rates(bucket: Bucket, elapsed: float) -> None:
@@ -297,33 +326,32 @@ def _fill_rates(bucket: Bucket, elapsed: float) -> None:
     bucket.error_rate = bucket.failed / ended if ended else None
 
 
-def _fill_latency(bucket: Bucket, rows: Sequence[Any]) -> None:
-    for name, value in latency_of(rows):
-        setattr(bucket, name, value)
+def _column_sums(rows: Sequence[Sequence[int]]) -> list[int]:
+    return [sum(column) for column in zip(*rows, strict=True)]
 
 
 def build_timeseries(
-    window: sql.Window,
-    now: datetime,
-    *,
-    finished: list[Any],
-    submitted: list[Any],
-    sample: list[Any],
+    window: sql.Window, now: datetime, *, finished: Iterable[Any], submitted: Iterable[Any]
 ) -> Timeseries:
+    """Buckets from the rows of finished_histogram and submitted_per_bucket."""
     buckets = [Bucket(start=window.bucket_start(i)) for i in range(window.buckets)]
-    _fill_counts(buckets, finished, submitted)
-    by_bucket: dict[int, list[Any]] = defaultdict(list)
-    for r in sample:
-        by_bucket[r.bucket].append(r)
+    histograms = Histograms(len(buckets))
+    for r in finished:
+        if 0 <= r.bucket < len(buckets):
+            counted = getattr(buckets[r.bucket], TaskStatus(r.status).value)
+            setattr(buckets[r.bucket], TaskStatus(r.status).value, counted + r.n)
+            histograms.add(r)
+    for r in submitted:
+        if 0 <= r.bucket < len(buckets):
+            buckets[r.bucket].submitted = r.n
     for i, bucket in enumerate(buckets):
-        elapsed = min(window.bucket_seconds, (now - bucket.start).total_seconds())
-        _fill_rates(bucket, elapsed)
-        _fill_latency(bucket, by_bucket.get(i, []))
+        _fill_rates(bucket, min(window.bucket_seconds, (now - bucket.start).total_seconds()))
+        _fill_latency(bucket, histograms.wait[i], histograms.run[i])
     totals = Bucket(start=window.since)
     for name in ("submitted", "completed", "failed", "cancelled"):
         setattr(totals, name, sum(getattr(b, name) for b in buckets))
     _fill_rates(totals, (now - window.since).total_seconds())
-    _fill_latency(totals, sample)
+    _fill_latency(totals, _column_sums(histograms.wait), _column_sums(histograms.run))
     return Timeseries(
         since=window.since,
         until=window.until,
@@ -340,8 +368,8 @@ async def timeseries(
     bucket_seconds: Annotated[int, Query(ge=1, le=3600)] = 60,
 ) -> Timeseries:
     """Per time bucket: tasks submitted, completed, failed and cancelled, throughput, error
-    rate, and p50/p95 of queue wait and run time. A task counts in the bucket in which it
-    finished if it was submitted at most `minutes` before the window began."""
+    rate, and estimated p50/p95 of queue wait and run time. A task counts in the bucket in which
+    it finished if it was submitted at most `minutes` before the window began."""
     if minutes * 60 / bucket_seconds > MAX_BUCKETS:
         raise field_error(
             422,
@@ -351,12 +379,10 @@ async def timeseries(
         )
     now = datetime.now(UTC)
     window = aligned_window(now, minutes=minutes, bucket_seconds=bucket_seconds)
-    per_bucket = max(MIN_SAMPLE_PER_BUCKET, SAMPLE_BUDGET // window.buckets)
     async with db.transaction() as conn:
-        finished = await sql.finished_per_bucket(conn, window)
+        finished = await sql.finished_histogram(conn, window)
         submitted = await sql.submitted_per_bucket(conn, window)
-        sample = await sql.latency_sample(conn, window, per_bucket=per_bucket)
-    return build_timeseries(window, now, finished=finished, submitted=submitted, sample=sample)
+    return build_timeseries(window, now, finished=finished, submitted=submitted)
 
 
 # --- durations --------------------------------------------------------------------------------

@@ -1,18 +1,36 @@
-"""Task endpoints of the seed: submit, get, list."""
+"""Task endpoints: the seed's submit, get and list, plus batches, cancellation, manual retry and
+the dependency graph."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from app.api.deps import CorrelationId, DatabaseDep, SchedulerDep
+from app.api.deps import CorrelationId, DatabaseDep, SchedulerDep, SettingsDep
 from app.api.errors import field_error, not_found
 from app.database import repositories as repo
-from app.models.task import TaskCreate, TaskList, TaskPublic, TaskStatus
-from app.services.scheduler import PayloadTooLarge
+from app.database.admission import AdmissionError
+from app.database.transitions import NotRetryable, UnknownTask
+from app.models.task import (
+    GraphEdge,
+    GraphNode,
+    TaskBatch,
+    TaskBatchResult,
+    TaskCreate,
+    TaskGraph,
+    TaskList,
+    TaskPublic,
+    TaskStatus,
+)
+from app.services.scheduler import AlreadyFinal
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+GRAPH_LIMIT = 5000
+
+
+def _rejected(exc: AdmissionError, *prefix: str | int) -> HTTPException:
+    return field_error(exc.status_code, ["body", *prefix, *exc.loc], str(exc), exc.kind)
 
 
 @router.post(
@@ -28,23 +46,29 @@ async def submit_task(
     spec: TaskCreate, response: Response, scheduler: SchedulerDep, correlation_id: CorrelationId
 ) -> TaskPublic:
     """Accept a task. It is durable in the database before this answers."""
-    if spec.task_id is not None and spec.task_id in spec.dependencies:
-        raise field_error(
-            422, ["body", "dependencies"], "a task cannot depend on itself", "self_dependency"
-        )
     try:
         task, created = await scheduler.submit(spec, correlation_id)
-    except PayloadTooLarge as exc:
-        raise field_error(413, ["body", "payload"], str(exc), "payload_too_large") from exc
-    except repo.UnknownDependency as exc:
-        raise field_error(
-            422, ["body", "dependencies", exc.index], str(exc), "unknown_dependency"
-        ) from exc
-    except repo.DuplicateTask as exc:
-        raise field_error(409, ["body", "task_id"], str(exc), "conflict") from exc
+    except AdmissionError as exc:
+        raise _rejected(exc) from exc
     if not created:
         response.status_code = status.HTTP_200_OK
     return task
+
+
+@router.post("/batch", status_code=status.HTTP_201_CREATED)
+async def submit_batch(
+    batch: TaskBatch, scheduler: SchedulerDep, settings: SettingsDep, correlation_id: CorrelationId
+) -> TaskBatchResult:
+    """Accept many tasks in one transaction: all of them or none. Dependencies may point at
+    tasks earlier or later in the same batch; errors name the index and the field."""
+    if len(batch.tasks) > settings.max_batch_size:
+        message = f"at most {settings.max_batch_size} tasks per batch"
+        raise field_error(422, ["body", "tasks"], message, "too_long")
+    try:
+        admitted = await scheduler.submit_many(batch.tasks, correlation_id)
+    except AdmissionError as exc:
+        raise _rejected(exc, "tasks", exc.index) from exc
+    return TaskBatchResult(tasks=[t for t, _ in admitted], created=sum(c for _, c in admitted))
 
 
 @router.get("/{task_id}")
@@ -72,3 +96,39 @@ async def list_tasks(
     async with db.transaction() as conn:
         tasks, total = await repo.list_tasks(conn, where, limit=limit, offset=offset)
     return TaskList(tasks=tasks, total=total, limit=limit, offset=offset)
+
+
+@router.post("/{task_id}/cancel", responses={409: {"description": "the task already finished"}})
+async def cancel_task(task_id: str, scheduler: SchedulerDep) -> TaskPublic:
+    """Cancel a pending task at once, or tell a running one to stop; dependents are cancelled."""
+    try:
+        return await scheduler.cancel(task_id)
+    except UnknownTask as exc:
+        raise not_found("task", task_id) from exc
+    except AlreadyFinal as exc:
+        raise field_error(409, ["path", "task_id"], str(exc), "already_final") from exc
+
+
+@router.post("/{task_id}/retry", responses={409: {"description": "not failed or cancelled"}})
+async def retry_task(task_id: str, scheduler: SchedulerDep) -> TaskPublic:
+    """Run a failed or cancelled task again, with a fresh allowance of retries."""
+    try:
+        return await scheduler.retry(task_id)
+    except UnknownTask as exc:
+        raise not_found("task", task_id) from exc
+    except NotRetryable as exc:
+        raise field_error(409, ["path", "task_id"], str(exc), "not_retryable") from exc
+
+
+@router.get("/{task_id}/graph")
+async def task_graph(task_id: str, db: DatabaseDep) -> TaskGraph:
+    """The dependency graph around a task (all ancestors and descendants) for drawing."""
+    async with db.transaction() as conn:
+        nodes, edges = await repo.task_graph(conn, task_id, limit=GRAPH_LIMIT)
+    if not nodes:
+        raise not_found("task", task_id)
+    return TaskGraph(
+        nodes=[GraphNode.model_validate(n, from_attributes=True) for n in nodes],
+        edges=[GraphEdge(from_=e.depends_on, to=e.task_id) for e in edges],
+        truncated=len(nodes) >= GRAPH_LIMIT,
+    )

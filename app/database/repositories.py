@@ -1,130 +1,21 @@
-"""Data access with domain verbs: admitting tasks, reading them, and the worker registry.
-Status changes of existing tasks live in transitions.py, not here."""
+"""Data access with domain verbs: reading tasks, reconciliation cursors, the worker registry.
+New tasks come in through admission.py; status changes live in transitions.py."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.database.tables import attempts, dependencies, tasks, workers
-from app.models.task import AttemptPublic, ReadyTask, TaskPublic, TaskStatus
+from app.models.task import AttemptPublic, TaskPublic, TaskStatus
 from app.models.worker import WorkerPublic
-
-BROKEN_DEPENDENCY = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
-
-
-class UnknownDependency(Exception):
-    def __init__(self, index: int, dependency: str) -> None:
-        super().__init__(f"unknown task '{dependency}'")
-        self.index, self.dependency = index, dependency
-
-
-class DuplicateTask(Exception):
-    """The task id exists with a different body."""
-
-    def __init__(self, task_id: str) -> None:
-        super().__init__(f"task '{task_id}' already exists with a different body")
-        self.task_id = task_id
-
-
-@dataclass
-class NewTask:
-    """A validated submission with every default resolved."""
-
-    task_id: str
-    task_type: str
-    payload: dict[str, Any]
-    priority: int
-    timeout: int
-    max_retries: int
-    fingerprint: str
-    correlation_id: str | None = None
-    scheduled_at: datetime | None = None
-    dependencies: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Admitted:
-    task_id: str
-    created: bool
-    ready: ReadyTask | None
-
-
-async def admit(conn: AsyncConnection, new: NewTask, *, now: datetime) -> Admitted:
-    """Insert one task (or recognise an identical resubmission) with its dependency edges."""
-    existing = (
-        await conn.execute(select(tasks.c.fingerprint).where(tasks.c.task_id == new.task_id))
-    ).first()
-    if existing is not None:
-        if existing.fingerprint != new.fingerprint:
-            raise DuplicateTask(new.task_id)
-        return Admitted(new.task_id, created=False, ready=None)
-    status, error, remaining = await _resolve_dependencies(conn, new.dependencies)
-    await conn.execute(
-        insert(tasks).values(
-            task_id=new.task_id,
-            task_type=new.task_type,
-            status=status,
-            priority=new.priority,
-            payload=new.payload,
-            error=error,
-            attempt=0,
-            max_retries=new.max_retries,
-            timeout=new.timeout,
-            correlation_id=new.correlation_id,
-            fingerprint=new.fingerprint,
-            remaining_dependencies=remaining,
-            has_dependents=False,
-            created_at=now,
-            updated_at=now,
-            scheduled_at=new.scheduled_at,
-            completed_at=None if status == TaskStatus.PENDING else now,
-        )
-    )
-    if new.dependencies:
-        await conn.execute(
-            insert(dependencies),
-            [{"task_id": new.task_id, "depends_on": d} for d in new.dependencies],
-        )
-    ready = None
-    if status == TaskStatus.PENDING and remaining == 0:
-        ready = ReadyTask(new.task_id, new.task_type, new.priority, new.scheduled_at)
-    return Admitted(new.task_id, created=True, ready=ready)
-
-
-async def _resolve_dependencies(
-    conn: AsyncConnection, deps: Sequence[str]
-) -> tuple[TaskStatus, str | None, int]:
-    """Mark the dependencies as having dependents and read their status in the same statement:
-    the row locks it takes make a dependency that completes concurrently either see the new edge
-    or be seen as completed here (never neither, which would strand the new task)."""
-    if not deps:
-        return TaskStatus.PENDING, None, 0
-    rows = (
-        await conn.execute(
-            update(tasks)
-            .where(tasks.c.task_id.in_(sorted(deps)))
-            .values(has_dependents=True)
-            .returning(tasks.c.task_id, tasks.c.status)
-        )
-    ).all()
-    found = {r.task_id: TaskStatus(r.status) for r in rows}
-    for index, dep in enumerate(deps):
-        if dep not in found:
-            raise UnknownDependency(index, dep)
-    for dep in deps:
-        if found[dep] in BROKEN_DEPENDENCY:
-            verb = "failed" if found[dep] == TaskStatus.FAILED else "was cancelled"
-            status = TaskStatus.FAILED if found[dep] == TaskStatus.FAILED else TaskStatus.CANCELLED
-            return status, f"dependency '{dep}' {verb}", 0
-    return TaskStatus.PENDING, None, sum(1 for d in deps if found[d] != TaskStatus.COMPLETED)
 
 
 async def get_task(
@@ -144,6 +35,49 @@ async def get_task(
     if with_attempts:
         task.attempts = await list_attempts(conn, task_id)
     return task
+
+
+async def get_tasks(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, TaskPublic]:
+    """Several tasks with their dependencies, in two queries."""
+    rows = (await conn.execute(select(tasks).where(tasks.c.task_id.in_(task_ids)))).all()
+    edges = await conn.execute(
+        select(dependencies.c.task_id, dependencies.c.depends_on).where(
+            dependencies.c.task_id.in_(task_ids)
+        )
+    )
+    deps: dict[str, list[str]] = {}
+    for edge in edges:
+        deps.setdefault(edge.task_id, []).append(edge.depends_on)
+    return {r.task_id: _to_public(r, deps.get(r.task_id, [])) for r in rows}
+
+
+async def task_graph(
+    conn: AsyncConnection, task_id: str, *, limit: int
+) -> tuple[list[Row[Any]], list[Row[Any]]]:
+    """The task's connected dependency graph: every ancestor and descendant, with the edges."""
+    graph = text(
+        """
+        WITH RECURSIVE up(task_id) AS (
+            SELECT CAST(:root AS VARCHAR(100))
+            UNION SELECT d.depends_on FROM task_dependencies d JOIN up ON d.task_id = up.task_id
+        ), down(task_id) AS (
+            SELECT CAST(:root AS VARCHAR(100))
+            UNION SELECT d.task_id FROM task_dependencies d JOIN down ON d.depends_on = down.task_id
+        ), members(task_id) AS (SELECT task_id FROM up UNION SELECT task_id FROM down)
+        SELECT t.task_id, t.task_type, t.status, t.priority FROM tasks t
+        WHERE t.task_id IN (SELECT task_id FROM members) LIMIT :limit
+        """
+    )
+    nodes = (await conn.execute(graph, {"root": task_id, "limit": limit})).all()
+    ids = [n.task_id for n in nodes]
+    edges = (
+        await conn.execute(
+            select(dependencies.c.task_id, dependencies.c.depends_on).where(
+                dependencies.c.task_id.in_(ids), dependencies.c.depends_on.in_(ids)
+            )
+        )
+    ).all()
+    return list(nodes), list(edges)
 
 
 async def list_attempts(conn: AsyncConnection, task_id: str) -> list[AttemptPublic]:

@@ -66,6 +66,8 @@ class TaskRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Number of the current (or last) attempt; 0 until the first start. Fences stale reports.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts made before the last manual retry; retries count from here (attempt - base).
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0)
     max_retries: Mapped[int] = mapped_column(Integer)
     timeout: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(String(100))

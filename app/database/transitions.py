@@ -7,6 +7,7 @@ The edges follow app.models.task.TRANSITIONS."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.database.tables import attempts, dependencies, tasks
-from app.models.task import AttemptOutcome, ReadyTask, TaskStatus
+from app.models.task import FINAL_STATUSES, AttemptOutcome, ReadyTask, TaskStatus
 
 P, R, C, F, X = (
     TaskStatus.PENDING,
@@ -153,7 +154,7 @@ async def retry(
                 tasks.c.task_id == task_id,
                 tasks.c.status == R,
                 tasks.c.attempt == attempt,
-                tasks.c.attempt <= tasks.c.max_retries + extra_attempts,
+                tasks.c.attempt - tasks.c.attempt_base <= tasks.c.max_retries + extra_attempts,
             )
             .values(
                 status=P,
@@ -267,3 +268,117 @@ async def _end_attempt(
         )
         .values(outcome=outcome, error=error, ended_at=now)
     )
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    previous: TaskStatus
+    attempt: int
+    worker_id: str | None
+    dependents: list[str]
+
+
+class UnknownTask(LookupError):
+    pass
+
+
+async def cancel(conn: AsyncConnection, task_id: str, *, now: datetime) -> Cancelled | TaskStatus:
+    """pending/running -> cancelled; dependents follow as cancelled. Returns what was cancelled,
+    or the final status when there was nothing left to cancel."""
+    for _ in range(3):  # the task may move under us; re-read and try again
+        head = (
+            await conn.execute(
+                select(
+                    tasks.c.status, tasks.c.attempt, tasks.c.worker_id, tasks.c.has_dependents
+                ).where(tasks.c.task_id == task_id)
+            )
+        ).first()
+        if head is None:
+            raise UnknownTask(task_id)
+        if TaskStatus(head.status) in FINAL_STATUSES:
+            return TaskStatus(head.status)
+        changed = await conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.task_id == task_id,
+                tasks.c.status == head.status,
+                tasks.c.attempt == head.attempt,
+            )
+            .values(
+                status=X,
+                error="cancelled by request",
+                completed_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+            )
+        )
+        if changed.rowcount == 1:
+            break
+    else:
+        raise RuntimeError(f"task '{task_id}' kept changing while being cancelled")
+    if head.status == R:
+        await _end_attempt(
+            conn, task_id, head.attempt, AttemptOutcome.CANCELLED, "cancelled by request", now
+        )
+    dependents = []
+    if head.has_dependents:
+        reason = f"dependency '{task_id}' was cancelled"
+        dependents = await end_dependents(conn, task_id, status=X, reason=reason, now=now)
+    return Cancelled(TaskStatus(head.status), head.attempt, head.worker_id, dependents)
+
+
+class NotRetryable(Exception):
+    pass
+
+
+async def manual_retry(conn: AsyncConnection, task_id: str, *, now: datetime) -> ReadyTask | None:
+    """failed/cancelled -> pending by hand, with a fresh allowance of retries. Refused while a
+    dependency is itself failed or cancelled (retry that one first). Returns the task to queue,
+    or None while it still waits for dependencies."""
+    head = (await conn.execute(select(tasks.c.status).where(tasks.c.task_id == task_id))).first()
+    if head is None:
+        raise UnknownTask(task_id)
+    if TaskStatus(head.status) not in (F, X):
+        raise NotRetryable(
+            f"task '{task_id}' is {head.status}; only failed or cancelled tasks can be retried"
+        )
+    # Locks the dependency rows (as admission does) so none completes unseen between read and write.
+    parents = select(dependencies.c.depends_on).where(dependencies.c.task_id == task_id)
+    deps = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id.in_(parents))
+            .values(has_dependents=True)
+            .returning(tasks.c.task_id, tasks.c.status)
+        )
+    ).all()
+    broken = sorted(d.task_id for d in deps if d.status in (F, X))
+    if broken:
+        raise NotRetryable(f"dependency '{broken[0]}' is not completed; retry it first")
+    row = (
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.task_id == task_id, tasks.c.status.in_([F, X]))
+            .values(
+                status=P,
+                attempt_base=tasks.c.attempt,
+                error=None,
+                result=None,
+                worker_id=None,
+                completed_at=None,
+                scheduled_at=None,
+                updated_at=now,
+                remaining_dependencies=sum(1 for d in deps if d.status != C),
+            )
+            .returning(
+                tasks.c.task_id,
+                tasks.c.task_type,
+                tasks.c.priority,
+                tasks.c.scheduled_at,
+                tasks.c.remaining_dependencies,
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotRetryable(f"task '{task_id}' changed while being retried")
+    return _ready(row) if row.remaining_dependencies == 0 else None

@@ -10,7 +10,15 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
 NAME_RE = re.compile(NAME_PATTERN)
@@ -74,6 +82,13 @@ class TaskCreate(BaseModel):
     scheduled_at: datetime | None = None
     delay_seconds: float | None = Field(default=None, ge=0, le=366 * 24 * 3600)
 
+    @field_validator("dependencies")
+    @classmethod
+    def _not_self(cls, deps: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("task_id") in deps:
+            raise ValueError("a task cannot depend on itself")
+        return deps
+
     def fingerprint(self) -> str:
         """Stable hash of the request, so a resubmission can be told apart from a conflict."""
         body = self.model_dump(mode="json", exclude={"task_id"})
@@ -118,6 +133,48 @@ class TaskList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class TaskBatch(BaseModel):
+    """Body of POST /api/tasks/batch: admitted all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskCreate] = Field(min_length=1, max_length=10_000)
+
+
+class TaskBatchResult(BaseModel):
+    tasks: list[TaskPublic]
+    created: int
+
+
+class GraphNode(BaseModel):
+    task_id: str
+    task_type: str
+    status: TaskStatus
+    priority: int
+
+
+class GraphEdge(BaseModel):
+    """`from` must complete before `to` can start."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: str = Field(alias="from")
+    to: str
+
+
+class TaskGraph(BaseModel):
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    truncated: bool
+
+
+class QueueInfo(BaseModel):
+    task_type: str
+    ready: int
+    live_workers: int
+    routable: bool
 
 
 class TaskToRun(BaseModel):

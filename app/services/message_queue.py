@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
+import orjson
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
@@ -163,6 +164,19 @@ class RedisQueue:
     async def remove_queued(self, task_type: str, task_ids: Sequence[str]) -> None:
         if task_ids:
             await self.redis.zrem(self.keys.queue(task_type), *task_ids)
+
+    async def forget(self, task_ids: Sequence[str]) -> None:
+        """Drop tasks from every ready queue (cancelled while waiting). Entries missed here, like
+        delayed ones, are harmless: the database refuses to start a task that is not pending."""
+        if not task_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            async for key in self.redis.scan_iter(match=self.keys.queue_pattern(), count=500):
+                pipe.zrem(key, *task_ids)
+            await pipe.execute()
+
+    async def publish_cancel(self, message: dict[str, Any]) -> None:
+        await self.redis.publish(self.keys.cancel_channel, orjson.dumps(message))
 
     async def queued_ids(self, task_type: str) -> list[str]:
         members = await self.redis.zrange(self.keys.queue(task_type), 0, -1)

@@ -18,8 +18,17 @@ from sqlalchemy.exc import IntegrityError
 from app.config import Settings
 from app.database import repositories as repo
 from app.database import transitions
+from app.database.admission import AdmissionError, Admitted, NewTask, admit
 from app.database.connection import Database
-from app.models.task import AttemptOutcome, ReadyTask, TaskCreate, TaskPublic, TaskReport, TaskToRun
+from app.models.task import (
+    AttemptOutcome,
+    ReadyTask,
+    TaskCreate,
+    TaskPublic,
+    TaskReport,
+    TaskStatus,
+    TaskToRun,
+)
 from app.models.worker import ReportResponse, StartResponse
 from app.services import retry_policy
 from app.services.message_queue import RedisQueue
@@ -28,9 +37,17 @@ from app.utils import monitoring
 log = structlog.get_logger(__name__)
 
 
-class PayloadTooLarge(Exception):
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"payload is {size} bytes; the limit is {limit}")
+class PayloadTooLarge(AdmissionError):
+    status_code = 413
+    kind = "payload_too_large"
+
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        super().__init__(index, ["payload"], f"payload is {size} bytes; the limit is {limit}")
+
+
+class AlreadyFinal(Exception):
+    def __init__(self, task_id: str, status: TaskStatus) -> None:
+        super().__init__(f"task '{task_id}' is already {status}")
 
 
 def utcnow() -> datetime:
@@ -47,16 +64,18 @@ class Scheduler:
 
     # --- admission ---------------------------------------------------------------------------
 
-    def resolve(self, spec: TaskCreate, correlation_id: str | None, now: datetime) -> repo.NewTask:
+    def resolve(
+        self, index: int, spec: TaskCreate, correlation_id: str | None, now: datetime
+    ) -> NewTask:
         size = len(orjson.dumps(spec.payload))
         if size > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(size, self.settings.max_payload_bytes)
+            raise PayloadTooLarge(index, size, self.settings.max_payload_bytes)
         scheduled_at = spec.scheduled_at
         if scheduled_at is not None and scheduled_at.tzinfo is None:
             scheduled_at = scheduled_at.replace(tzinfo=UTC)
         if spec.delay_seconds:
             scheduled_at = now + timedelta(seconds=spec.delay_seconds)
-        return repo.NewTask(
+        return NewTask(
             task_id=spec.task_id or str(uuid.uuid4()),
             task_type=spec.task_type,
             payload=spec.payload,
@@ -72,33 +91,82 @@ class Scheduler:
     async def submit(
         self, spec: TaskCreate, correlation_id: str | None = None
     ) -> tuple[TaskPublic, bool]:
-        """Admit a task: durable in the database before this returns, then queued in Redis."""
-        now = utcnow()
-        new = self.resolve(spec, correlation_id, now)
-        admitted = await self._admit(new, now)
-        if admitted.created:
-            monitoring.TASKS_SUBMITTED.labels(new.task_type).inc()
-            log.info(
-                "task.submitted",
-                task_id=new.task_id,
-                task_type=new.task_type,
-                priority=new.priority,
-            )
-        if admitted.ready is not None:
-            await self._tell_redis(self.queue.enqueue([admitted.ready]))
-        async with self.db.transaction() as conn:
-            task = await repo.get_task(conn, new.task_id, with_attempts=False)
-        assert task is not None
-        return task, admitted.created
+        """Admit one task: durable in the database before this returns, then queued in Redis."""
+        [(task, created)] = await self.submit_many([spec], correlation_id)
+        return task, created
 
-    async def _admit(self, new: repo.NewTask, now: datetime) -> repo.Admitted:
+    async def submit_many(
+        self, specs: Sequence[TaskCreate], correlation_id: str | None = None
+    ) -> list[tuple[TaskPublic, bool]]:
+        """Admit a batch in one transaction (all or nothing) and queue it in one Redis call."""
+        now = utcnow()
+        batch = [self.resolve(i, spec, correlation_id, now) for i, spec in enumerate(specs)]
+        admitted = await self._admit(batch, now)
+        ready = [a.ready for a in admitted if a.ready is not None]
+        if ready:
+            await self._tell_redis(self.queue.enqueue(ready))
+        for new, outcome in zip(batch, admitted, strict=True):
+            if outcome.created:
+                monitoring.TASKS_SUBMITTED.labels(new.task_type).inc()
+        log.info(
+            "tasks.submitted",
+            count=sum(a.created for a in admitted),
+            ready=len(ready),
+            task_ids=[n.task_id for n in batch[:10]],
+        )
+        async with self.db.transaction() as conn:
+            found = await repo.get_tasks(conn, [n.task_id for n in batch])
+        return [(found[a.task_id], a.created) for a in admitted]
+
+    async def _admit(self, batch: list[NewTask], now: datetime) -> list[Admitted]:
         try:
             async with self.db.transaction() as conn:
-                return await repo.admit(conn, new, now=now)
+                return await admit(conn, batch, now=now)
         except IntegrityError:
             # A concurrent submission of the same id won the insert; compare against it instead.
             async with self.db.transaction() as conn:
-                return await repo.admit(conn, new, now=now)
+                return await admit(conn, batch, now=now)
+
+    # --- operator actions ------------------------------------------------------------------------
+
+    async def cancel(self, task_id: str) -> TaskPublic:
+        """Cancel a pending or running task (and its dependents). A running attempt is told to
+        stop through pub/sub; its late report is refused like any superseded attempt's."""
+        async with self.db.transaction() as conn:
+            outcome = await transitions.cancel(conn, task_id, now=utcnow())
+        if isinstance(outcome, TaskStatus):
+            raise AlreadyFinal(task_id, outcome)
+        log.info(
+            "task.cancelled",
+            task_id=task_id,
+            was=outcome.previous,
+            dependents=len(outcome.dependents),
+        )
+        if outcome.previous == TaskStatus.RUNNING:
+            message = {
+                "task_id": task_id,
+                "attempt": outcome.attempt,
+                "worker_id": outcome.worker_id,
+            }
+            await self._tell_redis(self.queue.publish_cancel(message))
+        await self._tell_redis(self.queue.forget([task_id, *outcome.dependents]))
+        return await self._read(task_id)
+
+    async def retry(self, task_id: str) -> TaskPublic:
+        """Re-run a failed or cancelled task by hand, with a fresh allowance of retries."""
+        async with self.db.transaction() as conn:
+            ready = await transitions.manual_retry(conn, task_id, now=utcnow())
+        log.info("task.manual_retry", task_id=task_id)
+        if ready is not None:
+            await self._tell_redis(self.queue.enqueue([ready]))
+        return await self._read(task_id)
+
+    async def _read(self, task_id: str) -> TaskPublic:
+        async with self.db.transaction() as conn:
+            task = await repo.get_task(conn, task_id)
+        if task is None:
+            raise transitions.UnknownTask(task_id)
+        return task
 
     async def _tell_redis(self, operation: Any) -> None:
         try:

@@ -35,6 +35,7 @@ def upgrade() -> None:
         ),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("attempt_base", sa.Integer(), nullable=False),
         sa.Column("max_retries", sa.Integer(), nullable=False),
         sa.Column("timeout", sa.Integer(), nullable=False),
         sa.Column("worker_id", sa.String(length=100), nullable=True),
