@@ -95,8 +95,10 @@ class Options:
     batch_concurrency: int
     phases: list[str]
     pg_fsync: bool
+    quiet_wait: float
     json_out: Path | None
     profile_dir: Path | None
+    profile_gil: bool
     keep: bool
 
 
@@ -134,8 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pg-fsync", choices=["on", "off"], default="on", help="PostgreSQL fsync (default on)"
     )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each phase wait up to this many s for the machine to be <15%% busy",
+    )
     p.add_argument("--json", dest="json_out", type=Path, help="write the results here")
     p.add_argument("--profile", dest="profile_dir", type=Path, help="py-spy output directory")
+    p.add_argument(
+        "--profile-gil", action="store_true", help="py-spy --gil: only the thread holding the GIL"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     return p
 
@@ -158,8 +169,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         batch_concurrency=args.batch_concurrency,
         phases=args.phases,
         pg_fsync=args.pg_fsync == "on",
+        quiet_wait=args.quiet_wait,
         json_out=args.json_out,
         profile_dir=args.profile_dir,
+        profile_gil=args.profile_gil,
         keep=args.keep,
     )
 
@@ -415,9 +428,12 @@ async def running_stack(
 
 
 class Profiler:
-    def __init__(self, out_dir: Path | None, label: str) -> None:
+    """py-spy record (raw collapsed stacks) on chosen processes; does nothing without --profile."""
+
+    def __init__(self, out_dir: Path | None, label: str, *, gil: bool = False) -> None:
         self.out_dir = out_dir
         self.label = label
+        self.gil = gil
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def attach(self, name: str, child: Child | None) -> None:
@@ -428,6 +444,7 @@ class Profiler:
         base = self.out_dir / f"{self.label}-{name}"
         cmd = [exe, "record", "--pid", str(child.popen.pid), "--rate", "200", "--nonblocking"]
         cmd += ["--format", "raw", "--output", f"{base}.txt", "--subprocesses"]
+        cmd += ["--gil"] if self.gil else []
         with open(f"{base}.log", "wb") as out:
             self.procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
 
@@ -472,6 +489,19 @@ def cpu_by_group(groups: dict[int, str]) -> dict[str, float]:
         if name is not None:
             used[name] += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return used
+
+
+def wait_for_quiet(max_wait: float, threshold_pct: float = 15.0) -> Json:
+    """Before a phase: wait (at most ``max_wait`` s) until the shared machine is nearly idle."""
+    began = time.perf_counter()
+    busy = math.nan
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(1.0)
+        busy = 100 * (machine_busy_seconds() - before) / (os.cpu_count() or 1)
+        waited = time.perf_counter() - began
+        if busy < threshold_pct or waited >= max_wait:
+            return {"busy_pct_before": round(busy, 1), "waited_s": round(waited, 1)}
 
 
 @dataclass
@@ -721,7 +751,7 @@ def observed(
     ctx: PhaseContext, stack: Stack, phase: str, *, worker: bool = False
 ) -> Iterator[Json]:
     """CPU accounting (and py-spy, with --profile) over the measured window of a phase."""
-    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-{phase}")
+    profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-{phase}", gil=ctx.opts.profile_gil)
     profiler.attach("api", stack.api)
     if worker and stack.workers:
         profiler.attach("worker1", stack.workers[0])
@@ -938,8 +968,9 @@ async def run_backend(backend: str, root: Path, opts: Options) -> Json:
     try:
         ctx = PhaseContext(backend, provider, root / backend, opts)
         for phase in opts.phases:
-            say(f"--- {backend}: {phase}")
-            results[phase] = await PHASE_FUNCS[phase](ctx)
+            quiet = wait_for_quiet(opts.quiet_wait)
+            say(f"--- {backend}: {phase} (machine {quiet['busy_pct_before']}% busy before)")
+            results[phase] = await PHASE_FUNCS[phase](ctx) | {"before": quiet}
     finally:
         provider.close()
     return results

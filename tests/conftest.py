@@ -44,6 +44,18 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def isolated_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    """A Valkey of the module's own, for tests that run their own event loop (hypothesis)."""
+    server = ValkeyServer(tmp_path_factory.mktemp("valkey-own"), appendonly=False)
+    try:
+        server.start()
+    except Exception as exc:
+        _unavailable(f"cannot start a private Valkey server: {exc}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer | None]:
     """A private PostgreSQL server, or None when TEST_DATABASE_URL points at one to use instead."""

@@ -15,20 +15,26 @@ def scheduler_of(api: httpx.AsyncClient) -> Scheduler:
     return api.app.state.scheduler  # type: ignore[attr-defined,no-any-return]
 
 
-async def run_and_report(api: httpx.AsyncClient, task_id: str, outcome: AttemptOutcome, **fields: Any) -> None:
+async def run_and_report(
+    api: httpx.AsyncClient, task_id: str, outcome: AttemptOutcome, **fields: Any
+) -> None:
     scheduler = scheduler_of(api)
     claimed = await scheduler.queue.claim("w", ["echo", "fail"], 100)
     started = await scheduler.start_claimed("w", claimed)
     attempt = next(t.attempt for t in started.started if t.task_id == task_id)
-    await scheduler.report("w", [TaskReport(task_id=task_id, attempt=attempt, outcome=outcome, **fields)])
+    await scheduler.report(
+        "w", [TaskReport(task_id=task_id, attempt=attempt, outcome=outcome, **fields)]
+    )
 
 
 async def test_batch_is_admitted_whole_with_dependencies_inside_it(api: httpx.AsyncClient) -> None:
-    body = {"tasks": [
-        {"task_id": "join", "task_type": "echo", "dependencies": ["a", "b"]},
-        {"task_id": "a", "task_type": "echo"},
-        {"task_id": "b", "task_type": "echo", "dependencies": ["a"]},
-    ]}
+    body = {
+        "tasks": [
+            {"task_id": "join", "task_type": "echo", "dependencies": ["a", "b"]},
+            {"task_id": "a", "task_type": "echo"},
+            {"task_id": "b", "task_type": "echo", "dependencies": ["a"]},
+        ]
+    }
     response = await api.post("/api/tasks/batch", json=body)
     assert response.status_code == 201
     result = response.json()
@@ -38,8 +44,12 @@ async def test_batch_is_admitted_whole_with_dependencies_inside_it(api: httpx.As
     assert await scheduler_of(api).queue.queue_depths() == {"echo": 1}  # only "a" is ready
 
 
-async def test_a_bad_item_rejects_the_whole_batch_naming_index_and_field(api: httpx.AsyncClient) -> None:
-    body = {"tasks": [{"task_id": "ok", "task_type": "echo"}, {"task_type": "echo", "priority": 99}]}
+async def test_a_bad_item_rejects_the_whole_batch_naming_index_and_field(
+    api: httpx.AsyncClient,
+) -> None:
+    body = {
+        "tasks": [{"task_id": "ok", "task_type": "echo"}, {"task_type": "echo", "priority": 99}]
+    }
     response = await api.post("/api/tasks/batch", json=body)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "tasks", 1, "priority"]
@@ -47,12 +57,14 @@ async def test_a_bad_item_rejects_the_whole_batch_naming_index_and_field(api: ht
 
 
 async def test_a_cycle_inside_a_batch_is_named(api: httpx.AsyncClient) -> None:
-    body = {"tasks": [
-        {"task_id": "x", "task_type": "echo", "dependencies": ["z"]},
-        {"task_id": "y", "task_type": "echo", "dependencies": ["x"]},
-        {"task_id": "z", "task_type": "echo", "dependencies": ["y"]},
-        {"task_id": "free", "task_type": "echo"},
-    ]}
+    body = {
+        "tasks": [
+            {"task_id": "x", "task_type": "echo", "dependencies": ["z"]},
+            {"task_id": "y", "task_type": "echo", "dependencies": ["x"]},
+            {"task_id": "z", "task_type": "echo", "dependencies": ["y"]},
+            {"task_id": "free", "task_type": "echo"},
+        ]
+    }
     response = await api.post("/api/tasks/batch", json=body)
     assert response.status_code == 422
     detail = response.json()["detail"][0]
@@ -64,7 +76,10 @@ async def test_a_cycle_inside_a_batch_is_named(api: httpx.AsyncClient) -> None:
 async def test_batch_duplicates_and_unknown_dependencies(api: httpx.AsyncClient) -> None:
     dup = {"tasks": [{"task_id": "d", "task_type": "echo"}, {"task_id": "d", "task_type": "echo"}]}
     response = await api.post("/api/tasks/batch", json=dup)
-    assert (response.status_code, response.json()["detail"][0]["loc"]) == (409, ["body", "tasks", 1, "task_id"])
+    assert (response.status_code, response.json()["detail"][0]["loc"]) == (
+        409,
+        ["body", "tasks", 1, "task_id"],
+    )
     ghost = {"tasks": [{"task_type": "echo"}, {"task_type": "echo", "dependencies": ["ghost"]}]}
     response = await api.post("/api/tasks/batch", json=ghost)
     assert response.status_code == 422
@@ -86,7 +101,9 @@ async def test_batch_size_is_limited(api: httpx.AsyncClient) -> None:
 
 async def test_cancelling_a_pending_task_cancels_its_dependents(api: httpx.AsyncClient) -> None:
     await api.post("/api/tasks", json={"task_id": "p", "task_type": "echo", "delay_seconds": 60})
-    await api.post("/api/tasks", json={"task_id": "child", "task_type": "echo", "dependencies": ["p"]})
+    await api.post(
+        "/api/tasks", json={"task_id": "child", "task_type": "echo", "dependencies": ["p"]}
+    )
     response = await api.post("/api/tasks/p/cancel")
     assert (response.status_code, response.json()["status"]) == (200, "cancelled")
     child = (await api.get("/api/tasks/child")).json()
@@ -102,7 +119,9 @@ async def test_cancelling_a_running_task_refuses_its_late_result(api: httpx.Asyn
     claimed = await scheduler.queue.claim("w", ["echo"], 1)
     await scheduler.start_claimed("w", claimed)
     assert (await api.post("/api/tasks/r/cancel")).json()["status"] == "cancelled"
-    late = await scheduler.report("w", [TaskReport(task_id="r", attempt=1, outcome=AttemptOutcome.COMPLETED)])
+    late = await scheduler.report(
+        "w", [TaskReport(task_id="r", attempt=1, outcome=AttemptOutcome.COMPLETED)]
+    )
     assert late.refused == ["r"]
     task = (await api.get("/api/tasks/r")).json()
     assert (task["status"], task["result"]) == ("cancelled", None)
@@ -114,16 +133,26 @@ async def test_manual_retry_runs_a_failed_task_again(api: httpx.AsyncClient) -> 
     await run_and_report(api, "f", AttemptOutcome.ERROR, error="first")
     assert (await api.get("/api/tasks/f")).json()["status"] == "failed"
     retried = await api.post("/api/tasks/f/retry")
-    assert (retried.status_code, retried.json()["status"], retried.json()["error"]) == (200, "pending", None)
+    assert (retried.status_code, retried.json()["status"], retried.json()["error"]) == (
+        200,
+        "pending",
+        None,
+    )
     await run_and_report(api, "f", AttemptOutcome.COMPLETED, result="second time lucky")
     task = (await api.get("/api/tasks/f")).json()
-    assert (task["status"], task["attempt"], task["result"]) == ("completed", 2, "second time lucky")
+    assert (task["status"], task["attempt"], task["result"]) == (
+        "completed",
+        2,
+        "second time lucky",
+    )
     assert (await api.post("/api/tasks/f/retry")).status_code == 409
 
 
 async def test_retrying_a_task_whose_dependency_failed_is_refused(api: httpx.AsyncClient) -> None:
     await api.post("/api/tasks", json={"task_id": "parent", "task_type": "fail", "max_retries": 0})
-    await api.post("/api/tasks", json={"task_id": "kid", "task_type": "echo", "dependencies": ["parent"]})
+    await api.post(
+        "/api/tasks", json={"task_id": "kid", "task_type": "echo", "dependencies": ["parent"]}
+    )
     await run_and_report(api, "parent", AttemptOutcome.ERROR, error="x")
     response = await api.post("/api/tasks/kid/retry")
     assert response.status_code == 409
@@ -131,13 +160,15 @@ async def test_retrying_a_task_whose_dependency_failed_is_refused(api: httpx.Asy
 
 
 async def test_graph_shows_ancestors_and_descendants(api: httpx.AsyncClient) -> None:
-    body = {"tasks": [
-        {"task_id": "a", "task_type": "echo"},
-        {"task_id": "b", "task_type": "echo", "dependencies": ["a"]},
-        {"task_id": "c", "task_type": "echo", "dependencies": ["a"]},
-        {"task_id": "d", "task_type": "echo", "dependencies": ["b", "c"]},
-        {"task_id": "lonely", "task_type": "echo"},
-    ]}
+    body = {
+        "tasks": [
+            {"task_id": "a", "task_type": "echo"},
+            {"task_id": "b", "task_type": "echo", "dependencies": ["a"]},
+            {"task_id": "c", "task_type": "echo", "dependencies": ["a"]},
+            {"task_id": "d", "task_type": "echo", "dependencies": ["b", "c"]},
+            {"task_id": "lonely", "task_type": "echo"},
+        ]
+    }
     await api.post("/api/tasks/batch", json=body)
     graph = (await api.get("/api/tasks/b/graph")).json()
     assert sorted(n["task_id"] for n in graph["nodes"]) == ["a", "b", "d"]
@@ -147,7 +178,9 @@ async def test_graph_shows_ancestors_and_descendants(api: httpx.AsyncClient) -> 
 
 async def test_queues_flag_types_no_live_worker_can_run(api: httpx.AsyncClient) -> None:
     await api.post("/api/workers/register", json={"worker_id": "w", "capabilities": ["echo"]})
-    await api.post("/api/tasks/batch", json={"tasks": [{"task_type": "echo"}, {"task_type": "orphan"}]})
+    await api.post(
+        "/api/tasks/batch", json={"tasks": [{"task_type": "echo"}, {"task_type": "orphan"}]}
+    )
     queues = {q["task_type"]: q for q in (await api.get("/api/queues")).json()}
     assert queues["echo"] == {"task_type": "echo", "ready": 1, "live_workers": 1, "routable": True}
     assert queues["orphan"]["routable"] is False

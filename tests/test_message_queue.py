@@ -128,3 +128,37 @@ async def test_is_known_sees_queued_leased_and_delayed_tasks(redis_client: Redis
     await queue.claim("w", ["echo"], 1)  # takes "q" or "l": both are known either way
     known = await queue.is_known(["q", "l", "d", "ghost"], ["echo"] * 4)
     assert known == [True, True, True, False]
+
+
+async def _flood(queue: RedisQueue, *, seconds: float) -> tuple[list[str], dict[str, float], float]:
+    """Enqueue priority-10 tasks twice as fast as one worker claims them, after one priority-1
+    task; returns the claim order, each task's enqueue time, and when the low task was queued."""
+    loop = asyncio.get_running_loop()
+    enqueued = {"low": loop.time()}
+    await queue.enqueue([ReadyTask("low", "echo", 1)])
+    claimed: list[str] = []
+    n = 0
+    end = loop.time() + seconds
+    while loop.time() < end and "low" not in claimed:
+        for _ in range(2):
+            enqueued[f"hi{n}"] = loop.time()
+            await queue.enqueue([ReadyTask(f"hi{n}", "echo", 10)])
+            n += 1
+        claimed += await queue.claim("w", ["echo"], 1)
+        await asyncio.sleep(0.005)  # paces the flood; the property below does not depend on it
+    return claimed, enqueued, enqueued["low"]
+
+
+async def test_aging_bounds_the_wait_of_a_low_priority_task_under_a_flood(redis_client: Redis) -> None:
+    aging = 0.1  # one priority level per 100 ms of waiting
+    claimed, enqueued, low_at = await _flood(_queue(redis_client, aging_seconds=aging), seconds=20)
+    assert "low" in claimed, "the priority-1 task starved"
+    # The documented bound: only tasks queued less than (10 - 1) * aging after it overtake it.
+    overtakers = claimed[: claimed.index("low")]
+    assert overtakers, "the flood should have overtaken it for a while"
+    assert max(enqueued[t] for t in overtakers) <= low_at + 9 * aging + 0.05
+
+
+async def test_without_aging_a_flood_of_high_priority_work_always_goes_first(redis_client: Redis) -> None:
+    claimed, _enqueued, _low_at = await _flood(_queue(redis_client), seconds=1.5)
+    assert claimed and "low" not in claimed

@@ -14,8 +14,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import insert, update
 
-from app.api.stats import decode_cursor, encode_cursor, percentile
+from app.api.stats import decode_cursor, encode_cursor, histogram_percentile, percentile
 from app.database.connection import Database
+from app.database.stats import LATENCY_EDGES
 from app.database.tables import tasks, workers
 from app.services.message_queue import RedisQueue
 from app.utils.embedded_servers import free_port
@@ -62,6 +63,19 @@ def test_percentile_interpolates_between_ranks() -> None:
     assert percentile([7.0], 95) == 7.0
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
     assert percentile([float(i) for i in range(101)], 95) == pytest.approx(95.0)
+
+
+def test_histogram_percentile_interpolates_within_the_bin() -> None:
+    bins = [0] * (len(LATENCY_EDGES) + 1)
+    assert histogram_percentile(bins, 50) is None
+    one_second = LATENCY_EDGES.index(1.0) + 1  # the bin [1, 2.5)
+    bins[one_second] = 4
+    assert histogram_percentile(bins, 50) == pytest.approx(1.75)  # halfway through the bin
+    assert histogram_percentile(bins, 100) == pytest.approx(2.5)
+    bins[0] = 4  # four more under 1 ms: the median moves to the top of the first bin
+    assert histogram_percentile(bins, 50) == pytest.approx(0.001)
+    bins[-1] = 100  # the open last bin answers with its lower edge
+    assert histogram_percentile(bins, 99) == LATENCY_EDGES[-1]
 
 
 def test_cursor_round_trips_and_rejects_garbage() -> None:
@@ -182,13 +196,14 @@ def _bucket_of(series: dict[str, Any], moment: datetime) -> dict[str, Any]:
 
 async def test_timeseries_buckets_counts_rates_and_latency(api: httpx.AsyncClient) -> None:
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
-    # Three completed with queue waits 1, 2, 3 s and run times 10, 20, 30 s; one failed.
-    for i in (1, 2, 3):
-        started = end - timedelta(seconds=10 * i)
+    # Three completed (queue wait, run time) and one failed; no duration sits on a bin edge,
+    # where float rounding of the timestamps would decide the bin.
+    for i, (wait, run) in enumerate([(1.2, 12), (2, 20), (3, 30)]):
+        started = end - timedelta(seconds=run)
         await insert_task(
             api,
             f"ok{i}",
-            created_at=started - timedelta(seconds=i),
+            created_at=started - timedelta(seconds=wait),
             started_at=started,
             completed_at=end,
         )
@@ -196,8 +211,8 @@ async def test_timeseries_buckets_counts_rates_and_latency(api: httpx.AsyncClien
         api,
         "bad",
         status="failed",
-        created_at=end - timedelta(seconds=2),
-        started_at=end - timedelta(seconds=1),
+        created_at=end - timedelta(seconds=2.7),
+        started_at=end - timedelta(seconds=1.5),
         completed_at=end,
     )
     # Finished long before the window: not counted anywhere.
@@ -210,8 +225,11 @@ async def test_timeseries_buckets_counts_rates_and_latency(api: httpx.AsyncClien
     assert (bucket["completed"], bucket["failed"]) == (3, 1)
     assert bucket["error_rate"] == pytest.approx(0.25)
     assert bucket["throughput"] == pytest.approx(3 / 60)
-    assert bucket["run_time_p50"] == pytest.approx(15.0)  # (10, 20, 30, 1): midway of 10 and 20
-    assert bucket["queue_wait_p95"] == pytest.approx(2.85)  # waits (1, 1, 2, 3): rank 2.85
+    # Estimates from the histogram bins: run times (1.5, 12, 20, 30) have their median (16) in
+    # the bin [10, 25), which holds two of the four; waits (1.2, 1.2, 2, 3) their p95 (2.85) in
+    # [2.5, 5), which holds one.
+    assert bucket["run_time_p50"] == pytest.approx(17.5)
+    assert bucket["queue_wait_p95"] == pytest.approx(4.5)
     others = [b for b in series["buckets"] if b is not bucket]
     assert all(b["completed"] == b["failed"] == 0 and b["error_rate"] is None for b in others)
     assert (series["totals"]["completed"], series["totals"]["submitted"]) == (3, 4)

@@ -369,7 +369,7 @@ async def timeseries(
 ) -> Timeseries:
     """Per time bucket: tasks submitted, completed, failed and cancelled, throughput, error
     rate, and estimated p50/p95 of queue wait and run time. A task counts in the bucket in which
-    it finished if it was submitted at most `minutes` before the window began."""
+    it finished if it was submitted at most an hour before the window began."""
     if minutes * 60 / bucket_seconds > MAX_BUCKETS:
         raise field_error(
             422,

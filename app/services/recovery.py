@@ -36,6 +36,9 @@ PAGE = 1000
 # Re-runs allowed beyond max_retries when attempts end because the worker vanished: a crash of the
 # machine is not the task's fault, but a task that kills every worker must still end.
 WORKER_LOST_ALLOWANCE = 5
+# Delayed tasks (scheduled starts, retry backoff) are moved to their queues this often, so a task
+# scheduled for T starts within a fraction of a second after T.
+PROMOTE_INTERVAL = 0.2
 
 
 class Recovery:
@@ -60,17 +63,26 @@ class Recovery:
         """The maintenance loop of one scheduler process; survives Redis and database outages.
         It ends when `stop` is set: cancelling it mid-statement is avoided because a driver that
         fails while rolling back can replace the CancelledError and hide the request to stop."""
+        loop = asyncio.get_running_loop()
+        next_sweep = 0.0
         while not stop.is_set():
             try:
-                await self.tick()
+                await self.queue.promote_due()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.settings.sweep_interval
+                    await self.tick()
             except (RedisError, OSError, OperationalError, DBAPIError) as exc:
                 log.warning("maintenance.unavailable", error=str(exc))
             except Exception:
                 log.exception("maintenance.failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.sweep_interval)
+                await asyncio.wait_for(
+                    stop.wait(), min(PROMOTE_INTERVAL, self.settings.sweep_interval)
+                )
 
     async def tick(self) -> None:
+        """One round of healing: rebuild Redis if it lost its data, promote due delayed tasks,
+        sweep expired leases and silent workers (one process at a time), reconcile a page."""
         if not await self.queue.redis.exists(self.queue.keys.epoch):
             await self.rebuild_redis()
         await self.queue.promote_due()
