@@ -109,7 +109,7 @@ def build_services(app: FastAPI, settings: Settings) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings_override or get_settings()
-    configure_logging(settings.log_level, service="api")
+    configure_logging("DEBUG" if settings.debug else settings.log_level, service="api")
     build_services(app, settings)
     await app.state.db.migrate()
     recovery: Recovery = app.state.recovery

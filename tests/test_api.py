@@ -225,3 +225,9 @@ async def test_openapi_is_served(api: httpx.AsyncClient) -> None:
     assert {"/api/tasks", "/api/tasks/{task_id}", "/api/workers/register", "/api/workers"} <= set(
         paths
     )
+
+
+async def test_metrics_expose_task_counters(api: httpx.AsyncClient) -> None:
+    await api.post("/api/tasks", json=seed_example())
+    text = (await api.get("/metrics")).text
+    assert 'dts_tasks_submitted_total{task_type="processing"}' in text

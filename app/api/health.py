@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import DatabaseDep
+from app.api.deps import DatabaseDep, SettingsDep
 
 router = APIRouter(tags=["health"])
 
@@ -33,5 +33,8 @@ async def health(request: Request, db: DatabaseDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(settings: SettingsDep) -> Response:
+    """Prometheus exposition of this process's counters (METRICS_ENABLED=false turns it off)."""
+    if not settings.metrics_enabled:
+        return Response(status_code=404)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -64,6 +64,7 @@ async def start(
                 tasks.c.attempt,
                 tasks.c.timeout,
                 tasks.c.correlation_id,
+                tasks.c.created_at,
             )
         )
     ).all()

@@ -89,6 +89,8 @@ class Recovery:
         if await self._hold_lock():
             await self.sweep_expired()
             await self.workers.mark_silent_offline()
+            for task_type, depth in (await self.queue.queue_depths()).items():
+                monitoring.QUEUE_DEPTH.labels(task_type).set(depth)
         loop_time = asyncio.get_running_loop().time()
         if (
             self.scheduler.redis_behind

@@ -199,6 +199,8 @@ class Scheduler:
             )
             for r in rows
         ]
+        for r in rows:
+            monitoring.QUEUE_WAIT.observe((now - r.created_at).total_seconds())
         started_ids = {t.task_id for t in started}
         refused = [t for t in task_ids if t not in started_ids]
         if refused:

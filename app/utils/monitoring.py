@@ -5,9 +5,6 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 TASKS_SUBMITTED = Counter("dts_tasks_submitted_total", "Tasks accepted by the API", ["task_type"])
-TASKS_FINISHED = Counter(
-    "dts_tasks_finished_total", "Tasks that reached a final status", ["task_type", "status"]
-)
 ATTEMPTS_ENDED = Counter("dts_attempts_ended_total", "Attempts that ended, by outcome", ["outcome"])
 STALE_REPORTS = Counter(
     "dts_stale_reports_total", "Reports refused because the attempt was superseded"
@@ -19,6 +16,6 @@ REDIS_REBUILDS = Counter(
 QUEUE_DEPTH = Gauge("dts_queue_depth", "Ready tasks waiting in Redis", ["task_type"])
 QUEUE_WAIT = Histogram(
     "dts_queue_wait_seconds",
-    "Time from submission to start of the first attempt",
+    "Time from submission to the start of an attempt",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
