@@ -4,6 +4,8 @@ ports, a fresh database per test on each backend, and the scheduler's services w
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -57,18 +59,22 @@ def isolated_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Valkey
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer | None]:
+def postgres() -> Iterator[PostgresServer | None]:
     """A private PostgreSQL server, or None when TEST_DATABASE_URL points at one to use instead."""
     if os.environ.get("TEST_DATABASE_URL"):
         yield None
         return
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    # Not under pytest's tmp tree: PostgreSQL runs as another user when we are root, and pytest
+    # resets that tree's permissions (and prunes old runs) when another session starts.
+    data_dir = Path(tempfile.mkdtemp(prefix="dts-test-pg-"))
+    server = PostgresServer(data_dir)
     try:
         server.start(timeout=60)
     except Exception as exc:
         _unavailable(f"cannot start a private PostgreSQL server: {exc}")
     yield server
     server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
