@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     # Reliability: leases are renewed by workers; the sweeper requeues expired ones.
     lease_seconds: float = Field(default=5.0, gt=0)
+    # How often workers renew their leases; unset means a third of the lease, so that one lost
+    # renewal never lets a lease lapse.
+    lease_renew_interval: float | None = Field(default=None, gt=0)
     sweep_interval: float = Field(default=1.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
     retry_backoff_base: float = Field(default=1.0, ge=0)
@@ -67,6 +70,10 @@ class Settings(BaseSettings):
     @property
     def async_database_url(self) -> str:
         return to_async_database_url(self.database_url)
+
+    @property
+    def lease_renew_every(self) -> float:
+        return self.lease_renew_interval or self.lease_seconds / 3
 
     @property
     def worker_offline_after(self) -> float:

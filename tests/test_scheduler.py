@@ -233,3 +233,25 @@ async def test_a_worker_that_stops_heartbeating_is_marked_offline(services: Serv
         await asyncio.sleep(0.02)
     assert gone == ["w1"]
     assert (await services.workers.list_all())[0].status == "offline"
+
+
+async def test_only_one_scheduler_process_sweeps_at_a_time(services: Services) -> None:
+    from app.services.recovery import Recovery
+
+    other = Recovery(
+        services.settings, services.db, services.queue, services.scheduler, services.workers
+    )
+    assert await services.recovery._hold_lock()
+    assert not await other._hold_lock()
+    assert await services.recovery._hold_lock()  # the holder keeps it
+    await services.queue.redis.delete(services.queue.keys.sweeper_lock)  # as if it expired
+    assert await other._hold_lock()
+
+
+async def test_a_lease_kept_alive_by_its_worker_is_not_swept(services: Services) -> None:
+    await submit(services, "t1")
+    await run_next(services, "w1")
+    for _ in range(3):
+        assert await services.queue.renew("w1", ["t1"]) == []
+        assert await services.recovery.sweep_expired() == 0
+    assert (await get(services, "t1")).status == "running"

@@ -62,6 +62,7 @@ class LeaseKeeper(threading.Thread):
         keys: RedisKeys,
         worker_id: str,
         lease_seconds: float,
+        renew_every: float,
         held: Callable[[], list[str]],
         cpu: CpuSampler,
     ) -> None:
@@ -71,8 +72,7 @@ class LeaseKeeper(threading.Thread):
         self.keys = keys
         self.worker_id = worker_id
         self.lease_ms = int(lease_seconds * 1000)
-        # Three renewals per lease: one lost renewal (a blip) never lets the lease lapse.
-        self.interval = lease_seconds / 3
+        self.interval = renew_every
         self.held = held
         self.cpu = cpu
         self.stopped = threading.Event()

@@ -93,6 +93,7 @@ class WorkerNode:
             keys=self.queue.keys,
             worker_id=self.worker_id,
             lease_seconds=registration.lease_seconds,
+            renew_every=registration.lease_renew_interval,
             held=self.held_task_ids,
             cpu=self.cpu,
         )

@@ -33,6 +33,7 @@ async def register_worker(
         redis_url=settings.redis_url,
         redis_prefix=settings.redis_prefix,
         lease_seconds=settings.lease_seconds,
+        lease_renew_interval=settings.lease_renew_every,
         heartbeat_interval=settings.heartbeat_interval,
     )
 

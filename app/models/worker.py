@@ -64,6 +64,7 @@ class RegisterResponse(BaseModel):
     redis_url: str
     redis_prefix: str
     lease_seconds: float
+    lease_renew_interval: float
     heartbeat_interval: float
 
 

@@ -71,7 +71,9 @@ class RedisQueue:
             )
         }
 
-    async def enqueue(self, tasks: Sequence[ReadyTask]) -> None:
+    async def enqueue(self, tasks: Sequence[ReadyTask], *, now_us: int | None = None) -> None:
+        """Queue ready tasks (delayed ones go to the delayed set). `now_us` overrides the Redis
+        clock for the arrival time, which makes ordering tests deterministic."""
         now = datetime.now(UTC)
         later = [t for t in tasks if t.ready_at is not None and t.ready_at > now]
         ready = [t for t in tasks if t.ready_at is None or t.ready_at <= now]
@@ -84,7 +86,7 @@ class RedisQueue:
         keys = [self.keys.active]
         for name in types:
             keys += [self.keys.queue(name), self.keys.wake(name)]
-        args: list[str | int] = [self.band_us]
+        args: list[str | int] = [self.band_us, "" if now_us is None else now_us]
         for t in ready:
             args += [index[t.task_type], t.task_id, t.priority]
         await self._scripts["enqueue"](keys=keys, args=args)
