@@ -126,7 +126,14 @@ async def test_is_known_sees_queued_leased_and_delayed_tasks(redis_client: Redis
         [ReadyTask("q", "echo", 1), ReadyTask("l", "echo", 1), ReadyTask("d", "echo", 1, later)]
     )
     await queue.claim("w", ["echo"], 1)  # takes "q" or "l": both are known either way
-    known = await queue.is_known(["q", "l", "d", "ghost"], ["echo"] * 4)
+    known = await queue.is_known(
+        [
+            ReadyTask("q", "echo", 1),
+            ReadyTask("l", "echo", 1),
+            ReadyTask("d", "echo", 1, later),
+            ReadyTask("ghost", "echo", 1),
+        ]
+    )
     assert known == [True, True, True, False]
 
 
@@ -149,7 +156,9 @@ async def _flood(queue: RedisQueue, *, seconds: float) -> tuple[list[str], dict[
     return claimed, enqueued, enqueued["low"]
 
 
-async def test_aging_bounds_the_wait_of_a_low_priority_task_under_a_flood(redis_client: Redis) -> None:
+async def test_aging_bounds_the_wait_of_a_low_priority_task_under_a_flood(
+    redis_client: Redis,
+) -> None:
     aging = 0.1  # one priority level per 100 ms of waiting
     claimed, enqueued, low_at = await _flood(_queue(redis_client, aging_seconds=aging), seconds=20)
     assert "low" in claimed, "the priority-1 task starved"
@@ -159,6 +168,8 @@ async def test_aging_bounds_the_wait_of_a_low_priority_task_under_a_flood(redis_
     assert max(enqueued[t] for t in overtakers) <= low_at + 9 * aging + 0.05
 
 
-async def test_without_aging_a_flood_of_high_priority_work_always_goes_first(redis_client: Redis) -> None:
+async def test_without_aging_a_flood_of_high_priority_work_always_goes_first(
+    redis_client: Redis,
+) -> None:
     claimed, _enqueued, _low_at = await _flood(_queue(redis_client), seconds=1.5)
     assert claimed and "low" not in claimed

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import httpx
 import orjson
 import structlog
 from redis.asyncio import Redis
@@ -159,7 +160,7 @@ class WorkerNode:
     async def _start(self, claimed: Sequence[str]) -> None:
         try:
             answer = await self.api.start(self.worker_id, claimed)
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError, httpx.HTTPStatusError) as exc:
             # The leases lapse and the sweeper puts these back; nothing is lost by letting go.
             log.warning("claim.start_failed", task_ids=list(claimed), error=str(exc))
             return
@@ -224,7 +225,16 @@ class WorkerNode:
             batch = [await self.reports.get()]
             while not self.reports.empty() and len(batch) < REPORT_BATCH:
                 batch.append(self.reports.get_nowait())
-            await self._send_reports(batch)
+            try:
+                await self._send_reports(batch)
+            except httpx.HTTPStatusError as exc:
+                # A 4xx will not get better by retrying. Letting go frees the leases: the tasks
+                # are re-run elsewhere rather than held here forever.
+                log.error(
+                    "report.rejected", status=exc.response.status_code, body=exc.response.text[:500]
+                )
+                for report in batch:
+                    self.unreported.pop(report.task_id, None)
 
     async def _send_reports(self, batch: list[TaskReport], *, attempts: int | None = None) -> None:
         answer = await self.api.report(self.worker_id, batch, attempts=attempts)
@@ -245,7 +255,7 @@ class WorkerNode:
             except WorkerUnknown:
                 log.warning("worker.unknown_to_api", action="registering again")
                 await self._register()
-            except (ConnectionError, OSError) as exc:
+            except (ConnectionError, OSError, httpx.HTTPError) as exc:
                 log.warning("heartbeat.failed", error=str(exc))
             await asyncio.sleep(interval)
 

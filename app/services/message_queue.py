@@ -184,23 +184,16 @@ class RedisQueue:
         members = await self.redis.zrange(self.keys.queue(task_type), 0, -1)
         return [_text(i) for i in cast(list[bytes], members)]
 
-    async def is_known(self, task_ids: Sequence[str], task_types: Sequence[str]) -> list[bool]:
-        """For each task, whether Redis holds it anywhere (a queue, a lease, or the delayed set)."""
+    async def is_known(self, tasks: Sequence[ReadyTask]) -> list[bool]:
+        """For each task, whether Redis holds it anywhere: its queue, a lease, or the delayed set
+        (whose member is derived from the task, so this is three lookups each, in one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id, task_type in zip(task_ids, task_types, strict=True):
-                pipe.zscore(self.keys.queue(task_type), task_id)
-                pipe.zscore(self.keys.active, task_id)
+            for task in tasks:
+                pipe.zscore(self.keys.queue(task.task_type), task.task_id)
+                pipe.zscore(self.keys.active, task.task_id)
+                pipe.zscore(self.keys.delayed, delayed_member(task))
             answers = await pipe.execute()
-        known = [
-            a is not None or b is not None
-            for a, b in zip(answers[0::2], answers[1::2], strict=True)
-        ]
-        delayed = await self._delayed_ids()
-        return [k or tid in delayed for k, tid in zip(known, task_ids, strict=True)]
-
-    async def _delayed_ids(self) -> set[str]:
-        members = await self.redis.zrange(self.keys.delayed, 0, -1)
-        return {_text(m).rsplit(" ", 1)[-1] for m in cast(list[bytes], members)}
+        return [any(a is not None for a in answers[i : i + 3]) for i in range(0, len(answers), 3)]
 
 
 def _text(value: bytes | str) -> str:

@@ -179,14 +179,9 @@ class Recovery:
         candidates = [r for r in rows if r.updated_at < settle]
         if not candidates:
             return 0
-        known = await self.queue.is_known(
-            [r.task_id for r in candidates], [r.task_type for r in candidates]
-        )
-        missing = [
-            ReadyTask(r.task_id, r.task_type, r.priority, r.scheduled_at)
-            for r, k in zip(candidates, known, strict=True)
-            if not k
-        ]
+        ready = [ReadyTask(r.task_id, r.task_type, r.priority, r.scheduled_at) for r in candidates]
+        known = await self.queue.is_known(ready)
+        missing = [task for task, k in zip(ready, known, strict=True) if not k]
         if missing:
             log.warning("reconcile.requeued", count=len(missing))
             await self.queue.enqueue(missing)
