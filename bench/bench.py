@@ -927,6 +927,15 @@ def _latencies(tasks: list[Json], start: str, end: str) -> list[float]:
     return [b - a for a, b in pairs if a is not None and b is not None]
 
 
+def _trend(tasks: list[Json]) -> Json:
+    """submit->start p50 of the first and the last quarter of submissions: steady or growing."""
+    ordered = sorted(tasks, key=lambda t: t["created_at"])
+    quarter = max(1, len(ordered) // 4)
+    first = distribution_ms(_latencies(ordered[:quarter], "created_at", "started_at"))
+    last = distribution_ms(_latencies(ordered[-quarter:], "created_at", "started_at"))
+    return {"first_quarter_p50_ms": first["p50"], "last_quarter_p50_ms": last["p50"]}
+
+
 async def phase_latency(ctx: PhaseContext) -> Json:
     opts = ctx.opts
     async with ctx.stack("latency", workers=True) as stack:
@@ -946,6 +955,7 @@ async def phase_latency(ctx: PhaseContext) -> Json:
         "achieved_rate": per_second(loop.accepted, loop.last_answer - t0),
         "max_send_lag_ms": round(loop.max_lag * 1000, 1),
         "submit_to_start_ms": start,
+        "submit_to_start_trend": _trend(tasks),
         "submit_to_complete_ms": distribution_ms(_latencies(tasks, "created_at", "completed_at")),
         "http_submit_from_due_ms": distribution_ms(loop.rtts),
         "cpu": cpu,
@@ -1005,6 +1015,16 @@ ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("latency: submit->start p95", ("latency", "submit_to_start_ms", "p95"), "ms"),
     ("latency: submit->start p99", ("latency", "submit_to_start_ms", "p99"), "ms"),
     ("latency: submit->start max", ("latency", "submit_to_start_ms", "max"), "ms"),
+    (
+        "latency: p50, first 1/4 of run",
+        ("latency", "submit_to_start_trend", "first_quarter_p50_ms"),
+        "ms",
+    ),
+    (
+        "latency: p50, last 1/4 of run",
+        ("latency", "submit_to_start_trend", "last_quarter_p50_ms"),
+        "ms",
+    ),
     ("latency: HTTP answer p99 (from due)", ("latency", "http_submit_from_due_ms", "p99"), "ms"),
     ("API CPU per task: submit", ("submit", "api_cpu_ms_per_task"), "ms"),
     ("API CPU per task: batch", ("batch", "api_cpu_ms_per_task"), "ms"),
@@ -1037,13 +1057,23 @@ def format_table(results: dict[str, Json]) -> str:
     return "\n".join(lines)
 
 
+def describe(opts: Options) -> str:
+    return (
+        f"{opts.workers} workers x {opts.worker_slots} slots; {opts.tasks} echo tasks for e2e and"
+        f" drain; submit {opts.submit_tasks} with {opts.concurrency} in flight; latency at"
+        f" {opts.rate:g}/s for {opts.duration:g} s; Valkey AOF everysec; PostgreSQL fsync"
+        f" {'on' if opts.pg_fsync else 'off'}; {os.cpu_count()} CPUs"
+    )
+
+
 def environment(opts: Options) -> Json:
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["python", *sys.argv]),
+        "setup": describe(opts),
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
@@ -1108,6 +1138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         say(f"failed: {exc}")
         return 1
+    print(describe(opts))
     print(format_table(results))
     if opts.json_out is not None:
         write_json(opts.json_out, {**document, "results": results})

@@ -186,7 +186,7 @@ class RedisQueue:
 
     async def is_known(self, tasks: Sequence[ReadyTask]) -> list[bool]:
         """For each task, whether Redis holds it anywhere: its queue, a lease, or the delayed set
-        (whose member is derived from the task, so this is three lookups each, in one round trip)."""
+        (its member there derives from the task): three lookups each, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for task in tasks:
                 pipe.zscore(self.keys.queue(task.task_type), task.task_id)
