@@ -42,7 +42,7 @@ async def statuses(services: Services, ids: list[str]) -> dict[str, str]:
 def spec(task_id: str, *deps: str, **fields: object) -> TaskCreate:
     return TaskCreate(
         task_id=task_id, task_type="echo", dependencies=list(deps), max_retries=0, **fields
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_diamond_runs_each_task_once_in_dependency_order(services: Services) -> None:

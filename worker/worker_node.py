@@ -342,7 +342,8 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         capabilities=capabilities,
         max_concurrent_tasks=args.max_concurrent_tasks,
         redis_url=os.environ.get("REDIS_URL"),
-        heartbeat_interval=args.heartbeat_interval or settings.heartbeat_interval,
+        # Unset: the interval the API announces at registration, so both sides agree on it.
+        heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
         pool_size=settings.max_workers,
         task_modules=args.tasks,

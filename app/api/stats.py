@@ -276,7 +276,7 @@ async def queue_state(queue: RedisQueue) -> QueueState:
 @router.get("/overview")
 async def overview(request: Request, db: DatabaseDep, settings: SettingsDep) -> Overview:
     """Counts by status and by type, pending tasks by priority, what Redis holds, and workers."""
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         counts = await sql.counts_by_type_and_status(conn)
         priorities = await sql.pending_by_priority(conn)
         workers = await repo.list_workers(conn)
@@ -379,7 +379,7 @@ async def timeseries(
         )
     now = datetime.now(UTC)
     window = aligned_window(now, minutes=minutes, bucket_seconds=bucket_seconds)
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         finished = await sql.finished_histogram(conn, window)
         submitted = await sql.submitted_per_bucket(conn, window)
     return build_timeseries(window, now, finished=finished, submitted=submitted)
@@ -397,7 +397,7 @@ async def durations(
     """Queue wait and run time of the latest `limit` tasks submitted in the last `minutes` that
     ran and finished, and their percentiles per task type (for histograms of durations)."""
     since = datetime.now(UTC) - timedelta(minutes=minutes)
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         rows = await sql.recent_runs(conn, since=since, limit=limit)
     by_type: dict[str, list[Any]] = defaultdict(list)
     for r in rows:
@@ -463,7 +463,7 @@ async def task_page(
     where = sql.PageFilter(
         statuses=status or (), task_type=task_type, worker_id=worker_id, priority=priority
     )
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         rows = await sql.task_page(conn, where, after=after, limit=limit)
     page = [_summary(r) for r in rows[:limit]]
     more = len(rows) > limit

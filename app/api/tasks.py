@@ -74,7 +74,7 @@ async def submit_batch(
 @router.get("/{task_id}")
 async def get_task(task_id: str, db: DatabaseDep) -> TaskPublic:
     """A task with its attempts, dependencies and dependents."""
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         task = await repo.get_task(conn, task_id)
         if task is None:
             raise not_found("task", task_id)
@@ -93,7 +93,7 @@ async def list_tasks(
 ) -> TaskList:
     """Newest first. `total` counts every task matching the filters."""
     where = repo.TaskFilter(status=status_, task_type=task_type, worker_id=worker_id)
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         tasks, total = await repo.list_tasks(conn, where, limit=limit, offset=offset)
     return TaskList(tasks=tasks, total=total, limit=limit, offset=offset)
 
@@ -123,7 +123,7 @@ async def retry_task(task_id: str, scheduler: SchedulerDep) -> TaskPublic:
 @router.get("/{task_id}/graph")
 async def task_graph(task_id: str, db: DatabaseDep) -> TaskGraph:
     """The dependency graph around a task (all ancestors and descendants) for drawing."""
-    async with db.transaction() as conn:
+    async with db.read() as conn:
         nodes, edges = await repo.task_graph(conn, task_id, limit=GRAPH_LIMIT)
     if not nodes:
         raise not_found("task", task_id)

@@ -51,16 +51,21 @@ async def test_a_worker_with_twice_the_slots_gets_about_twice_the_work(stack: St
     stack.start_worker("large", "--max-concurrent-tasks", "4")
     await stack.wait_for_workers("small", "large")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
-        await _submit(http, [{"task_type": "sleep", "payload": {"parameters": {"seconds": 0.2}}}] * 90)
+        await _submit(
+            http, [{"task_type": "sleep", "payload": {"parameters": {"seconds": 0.2}}}] * 90
+        )
         counts = await _completed_by_worker(http, 90)
     ratio = counts["large"] / max(1, counts["small"])
     assert 1.4 <= ratio <= 2.8, counts
 
 
-@pytest.mark.parametrize(("task_type", "payload"), [
-    ("sleep", {"parameters": {"seconds": 60}}),
-    ("cpu", {"parameters": {"iterations": 10**10}}),
-])
+@pytest.mark.parametrize(
+    ("task_type", "payload"),
+    [
+        ("sleep", {"parameters": {"seconds": 60}}),
+        ("cpu", {"parameters": {"iterations": 10**10}}),
+    ],
+)
 async def test_cancelling_a_running_task_stops_it_on_the_worker(
     stack: Stack, task_type: str, payload: dict[str, object]
 ) -> None:
@@ -68,15 +73,20 @@ async def test_cancelling_a_running_task_stops_it_on_the_worker(
     worker = stack.start_worker("runner")
     await stack.wait_for_workers("runner")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        await http.post("/api/tasks", json={"task_id": "victim", "task_type": task_type, "payload": payload})
+        await http.post(
+            "/api/tasks", json={"task_id": "victim", "task_type": task_type, "payload": payload}
+        )
 
         async def running() -> bool:
             return bool((await http.get("/api/tasks/victim")).json()["status"] == "running")
 
         await eventually(running, timeout=30, what="the task to start")
         assert (await http.post("/api/tasks/victim/cancel")).json()["status"] == "cancelled"
-        await eventually(lambda: _logged(worker.log.read_text(), "cancelled by request"), timeout=15,
-                         what="the worker to stop the attempt")
+        await eventually(
+            lambda: _logged(worker.log.read_text(), "cancelled by request"),
+            timeout=15,
+            what="the worker to stop the attempt",
+        )
         # The slot is free again: a new task runs on the same single worker.
         await http.post("/api/tasks", json={"task_id": "next", "task_type": "echo"})
 
@@ -97,8 +107,11 @@ async def test_a_delayed_task_starts_within_a_second_of_its_time(stack: Stack) -
     stack.start_worker("punctual")
     await stack.wait_for_workers("punctual")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        created = (await http.post("/api/tasks", json={"task_id": "later", "task_type": "echo",
-                                                       "delay_seconds": 2})).json()
+        created = (
+            await http.post(
+                "/api/tasks", json={"task_id": "later", "task_type": "echo", "delay_seconds": 2}
+            )
+        ).json()
         assert created["status"] == "pending"
 
         async def done() -> bool:
@@ -116,8 +129,14 @@ async def test_the_highest_priority_waiting_task_takes_the_next_free_slot(stack:
     stack.start_worker("single", "--max-concurrent-tasks", "1")
     await stack.wait_for_workers("single")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        await http.post("/api/tasks", json={"task_id": "blocker", "task_type": "sleep",
-                                            "payload": {"parameters": {"seconds": 1}}})
+        await http.post(
+            "/api/tasks",
+            json={
+                "task_id": "blocker",
+                "task_type": "sleep",
+                "payload": {"parameters": {"seconds": 1}},
+            },
+        )
 
         async def blocked() -> bool:
             return bool((await http.get("/api/tasks/blocker")).json()["status"] == "running")
@@ -126,7 +145,11 @@ async def test_the_highest_priority_waiting_task_takes_the_next_free_slot(stack:
         lows = [{"task_id": f"low{i}", "task_type": "echo", "priority": 1} for i in range(5)]
         await _submit(http, [*lows, {"task_id": "urgent", "task_type": "echo", "priority": 10}])
         await _completed_by_worker(http, 7)
-        started = {t: (await http.get(f"/api/tasks/{t}")).json()["started_at"]
-                   for t in ["urgent", *(f"low{i}" for i in range(5))]}
+        started = {
+            t: (await http.get(f"/api/tasks/{t}")).json()["started_at"]
+            for t in ["urgent", *(f"low{i}" for i in range(5))]
+        }
     assert started["urgent"] < min(v for k, v in started.items() if k != "urgent")
-    assert [k for k, _ in sorted(started.items(), key=lambda kv: kv[1])][1:] == [f"low{i}" for i in range(5)]
+    assert [k for k, _ in sorted(started.items(), key=lambda kv: kv[1])][1:] == [
+        f"low{i}" for i in range(5)
+    ]
