@@ -37,7 +37,11 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
-    server = ValkeyServer(tmp_path_factory.mktemp("valkey"), appendonly=False)
+    yield from _valkey_in(tmp_path_factory.mktemp("valkey"))
+
+
+def _valkey_in(data_dir: Path) -> Iterator[ValkeyServer]:
+    server = ValkeyServer(data_dir, appendonly=False)
     try:
         server.start()
     except Exception as exc:
@@ -49,13 +53,7 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
 @pytest.fixture(scope="module")
 def isolated_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     """A Valkey of the module's own, for tests that run their own event loop (hypothesis)."""
-    server = ValkeyServer(tmp_path_factory.mktemp("valkey-own"), appendonly=False)
-    try:
-        server.start()
-    except Exception as exc:
-        _unavailable(f"cannot start a private Valkey server: {exc}")
-    yield server
-    server.stop()
+    yield from _valkey_in(tmp_path_factory.mktemp("valkey-own"))
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,10 @@ P, R, C, F, X = (
 )
 
 
+# What the transport needs to queue a task again (see _ready).
+ROUTING = (tasks.c.task_id, tasks.c.task_type, tasks.c.priority, tasks.c.scheduled_at)
+
+
 def _ready(row: Row[Any]) -> ReadyTask:
     return ReadyTask(row.task_id, row.task_type, row.priority, row.scheduled_at)
 
@@ -123,13 +127,7 @@ async def _release_dependents(
             update(tasks)
             .where(tasks.c.task_id.in_(waiting), tasks.c.status == P)
             .values(remaining_dependencies=tasks.c.remaining_dependencies - 1, updated_at=now)
-            .returning(
-                tasks.c.task_id,
-                tasks.c.task_type,
-                tasks.c.priority,
-                tasks.c.scheduled_at,
-                tasks.c.remaining_dependencies,
-            )
+            .returning(*ROUTING, tasks.c.remaining_dependencies)
         )
     ).all()
     return [_ready(r) for r in rows if r.remaining_dependencies == 0]
@@ -165,7 +163,7 @@ async def retry(
                 updated_at=now,
                 lease_expires_at=None,
             )
-            .returning(tasks.c.task_id, tasks.c.task_type, tasks.c.priority, tasks.c.scheduled_at)
+            .returning(*ROUTING)
         )
     ).first()
     if row is None:
@@ -243,7 +241,7 @@ async def requeue(
             .values(
                 status=P, worker_id=None, scheduled_at=None, updated_at=now, lease_expires_at=None
             )
-            .returning(tasks.c.task_id, tasks.c.task_type, tasks.c.priority, tasks.c.scheduled_at)
+            .returning(*ROUTING)
         )
     ).first()
     if row is None:
@@ -371,13 +369,7 @@ async def manual_retry(conn: AsyncConnection, task_id: str, *, now: datetime) ->
                 updated_at=now,
                 remaining_dependencies=sum(1 for d in deps if d.status != C),
             )
-            .returning(
-                tasks.c.task_id,
-                tasks.c.task_type,
-                tasks.c.priority,
-                tasks.c.scheduled_at,
-                tasks.c.remaining_dependencies,
-            )
+            .returning(*ROUTING, tasks.c.remaining_dependencies)
         )
     ).first()
     if row is None:

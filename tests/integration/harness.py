@@ -159,3 +159,12 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs)
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, task_id: str, status: str, *, timeout: float = 30
+) -> None:
+    async def reached() -> bool:
+        return bool((await http.get(f"/api/tasks/{task_id}")).json()["status"] == status)
+
+    await eventually(reached, timeout=timeout, what=f"task {task_id} to be {status}")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import seed_example
-from tests.integration.harness import FINAL, Stack, eventually
+from tests.integration.harness import FINAL, Stack, eventually, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
@@ -125,9 +125,7 @@ async def test_sigterm_lets_a_worker_finish_and_deregister(stack: Stack) -> None
                 "payload": {"parameters": {"seconds": 1.5}},
             },
         )
-        await eventually(
-            lambda: _status_is(http, "s", "running"), timeout=30, what="the task to start"
-        )
+        await wait_for_status(http, "s", "running")
         worker.signal(15)
         assert await worker.wait(timeout=30) == 0
         task = (await http.get("/api/tasks/s")).json()
@@ -149,25 +147,15 @@ async def test_sigterm_past_the_grace_period_hands_the_task_back_at_once(stack: 
                 "payload": {"parameters": {"seconds": 60}},
             },
         )
-        await eventually(
-            lambda: _status_is(http, "long", "running"), timeout=30, what="the task to start"
-        )
+        await wait_for_status(http, "long", "running")
         worker.signal(15)
         assert await worker.wait(timeout=30) == 0
         task = (await http.get("/api/tasks/long")).json()
         assert task["status"] == "pending"
         assert [a["outcome"] for a in task["attempts"]] == ["released"]
         stack.start_worker("taker")
-        await eventually(
-            lambda: _status_is(http, "long", "running"),
-            timeout=30,
-            what="another worker to take it",
-        )
+        await wait_for_status(http, "long", "running")
         assert (await http.get("/api/tasks/long")).json()["worker_id"] == "taker"
-
-
-async def _status_is(http: httpx.AsyncClient, task_id: str, status: str) -> bool:
-    return bool((await http.get(f"/api/tasks/{task_id}")).json()["status"] == status)
 
 
 def test_final_statuses_are_the_documented_ones() -> None:

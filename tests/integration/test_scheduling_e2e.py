@@ -9,7 +9,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.integration.harness import Stack, eventually
+from tests.integration.harness import Stack, eventually, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
@@ -77,10 +77,7 @@ async def test_cancelling_a_running_task_stops_it_on_the_worker(
             "/api/tasks", json={"task_id": "victim", "task_type": task_type, "payload": payload}
         )
 
-        async def running() -> bool:
-            return bool((await http.get("/api/tasks/victim")).json()["status"] == "running")
-
-        await eventually(running, timeout=30, what="the task to start")
+        await wait_for_status(http, "victim", "running")
         assert (await http.post("/api/tasks/victim/cancel")).json()["status"] == "cancelled"
         await eventually(
             lambda: _logged(worker.log.read_text(), "cancelled by request"),
@@ -90,10 +87,7 @@ async def test_cancelling_a_running_task_stops_it_on_the_worker(
         # The slot is free again: a new task runs on the same single worker.
         await http.post("/api/tasks", json={"task_id": "next", "task_type": "echo"})
 
-        async def next_done() -> bool:
-            return bool((await http.get("/api/tasks/next")).json()["status"] == "completed")
-
-        await eventually(next_done, timeout=30, what="the next task to run")
+        await wait_for_status(http, "next", "completed")
         task = (await http.get("/api/tasks/victim")).json()
         assert [a["outcome"] for a in task["attempts"]] == ["cancelled"]
 
@@ -114,10 +108,7 @@ async def test_a_delayed_task_starts_within_a_second_of_its_time(stack: Stack) -
         ).json()
         assert created["status"] == "pending"
 
-        async def done() -> bool:
-            return bool((await http.get("/api/tasks/later")).json()["status"] == "completed")
-
-        await eventually(done, timeout=30, what="the delayed task to run")
+        await wait_for_status(http, "later", "completed")
         task = (await http.get("/api/tasks/later")).json()
     due = datetime.fromisoformat(task["scheduled_at"])
     started = datetime.fromisoformat(task["started_at"])
@@ -138,10 +129,7 @@ async def test_the_highest_priority_waiting_task_takes_the_next_free_slot(stack:
             },
         )
 
-        async def blocked() -> bool:
-            return bool((await http.get("/api/tasks/blocker")).json()["status"] == "running")
-
-        await eventually(blocked, timeout=30, what="the blocker to start")
+        await wait_for_status(http, "blocker", "running")
         lows = [{"task_id": f"low{i}", "task_type": "echo", "priority": 1} for i in range(5)]
         await _submit(http, [*lows, {"task_id": "urgent", "task_type": "echo", "priority": 10}])
         await _completed_by_worker(http, 7)
