@@ -55,12 +55,23 @@ class CorrelationIdMiddleware:
             await self.app(scope, receive, send_with_header)
 
 
+# SQLSTATE classes of a database that is unreachable, starting up or shutting down:
+# 08 connection exception, 57P0x operator intervention (admin shutdown, cannot connect now).
+OUTAGE_SQLSTATES = ("08", "57P")
+
+
 def _is_outage(exc: Exception) -> bool:
     """Connection-level failures mean the store is down; anything else is a bug, not an outage."""
     if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
         return True
-    return isinstance(exc, DBAPIError) and (
-        exc.connection_invalidated or isinstance(exc.orig, OSError)
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = str(getattr(exc.orig, "sqlstate", "") or getattr(exc.orig, "pgcode", "") or "")
+    return (
+        exc.connection_invalidated
+        or isinstance(exc.orig, OSError)
+        or sqlstate.startswith(OUTAGE_SQLSTATES)
+        or "connection" in type(exc.orig).__name__.lower()
     )
 
 

@@ -22,7 +22,9 @@ from app.models.worker import (
 
 log = structlog.get_logger(__name__)
 
-RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Any 5xx is worth another try: an outage the API could not classify is still an outage, and
+# dropping a report costs a re-run. A 4xx never gets better and is not retried.
+SERVER_ERROR = 500
 
 
 class WorkerUnknown(Exception):
@@ -44,7 +46,7 @@ class SchedulerClient:
             tried += 1
             try:
                 response = await self.http.post(path, json=body)
-                if response.status_code not in RETRYABLE_STATUS:
+                if response.status_code < SERVER_ERROR:
                     return response
                 reason = f"HTTP {response.status_code}"
             except httpx.TransportError as exc:
