@@ -255,3 +255,35 @@ async def test_a_lease_kept_alive_by_its_worker_is_not_swept(services: Services)
         assert await services.queue.renew("w1", ["t1"]) == []
         assert await services.recovery.sweep_expired() == 0
     assert (await get(services, "t1")).status == "running"
+
+
+async def test_a_start_that_arrives_after_its_claim_lapsed_still_holds_the_lease(
+    services: Services,
+) -> None:
+    await submit(services, "t1")
+    claimed = await services.queue.claim("w1", ["echo"], 1)  # w1's start call is slow...
+    await expire_lease(services, "t1")
+    await services.recovery.sweep_expired()  # ...so the claim lapses and t1 is queued again
+    started = await services.scheduler.start_claimed("w1", claimed)  # then the start lands
+    assert [t.attempt for t in started.started] == [1]
+    assert await services.queue.claim("w2", ["echo"], 5) == []  # no second copy to run
+    assert await services.queue.redis.hget(services.queue.keys.owners, "t1") == b"w1"
+    await expire_lease(services, "t1")  # w1 dies: the lease it held lets the sweeper notice
+    await services.recovery.sweep_expired()
+    assert await run_next(services, "w2") == [("t1", 2)]
+
+
+async def test_a_running_task_whose_redis_lease_vanished_gets_one_back(services: Services) -> None:
+    await submit(services, "t1")
+    await run_next(services, "w1")
+    await services.queue.release(["t1"])  # as if the lease write had failed
+    assert await services.recovery.restore_missing_leases() == 0  # its database lease still runs
+    async with services.db.transaction() as conn:
+        await conn.execute(
+            update(tasks).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    assert await services.recovery.restore_missing_leases() == 1
+    assert await services.queue.redis.hget(services.queue.keys.owners, "t1") == b"w1"
+    await expire_lease(services, "t1")  # the worker is gone: the ordinary sweep takes over
+    await services.recovery.sweep_expired()
+    assert await run_next(services, "w2") == [("t1", 2)]

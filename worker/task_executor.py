@@ -11,6 +11,7 @@ import concurrent.futures
 import inspect
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -72,6 +73,14 @@ def _call(registration: Registration, payload: dict[str, Any], context: TaskCont
     return registration.func(*args)
 
 
+def _ignore_stop_signals() -> None:
+    """Pool processes leave stopping to their worker: a SIGTERM or Ctrl-C sent to the whole
+    process group must not kill a task the worker means to finish within its grace period (the
+    worker kills its pool itself once it is done with it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _call_in_process(
     func: Handler, wants_context: bool, payload: dict[str, Any], context: TaskContext
 ) -> Any:
@@ -95,7 +104,7 @@ class TaskExecutor:
             # spawn, not fork: forking a process that runs threads and an event loop can deadlock.
             context = multiprocessing.get_context("spawn")
             self._processes = concurrent.futures.ProcessPoolExecutor(
-                self._process_size, mp_context=context
+                self._process_size, mp_context=context, initializer=_ignore_stop_signals
             )
         return self._processes
 

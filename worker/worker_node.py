@@ -72,6 +72,7 @@ class WorkerNode:
         self.slot_freed = asyncio.Event()
         self.stopping = asyncio.Event()
         self.hard_stop = asyncio.Event()
+        self.closing = asyncio.Event()
         self.cancel_requested: set[str] = set()
         self.cpu = CpuSampler()
         self.queue: RedisQueue | None = None
@@ -100,8 +101,8 @@ class WorkerNode:
         )
         self.lease_keeper.start()
         interval = self.options.heartbeat_interval or registration.heartbeat_interval
+        heartbeats = asyncio.create_task(self._heartbeat_loop(interval))
         helpers = [
-            asyncio.create_task(self._heartbeat_loop(interval)),
             asyncio.create_task(self._report_loop()),
             asyncio.create_task(self._cancel_loop()),
         ]
@@ -115,9 +116,14 @@ class WorkerNode:
             await self._claim_loop()
             await self._drain()
         finally:
-            for helper in helpers:
+            # Let a heartbeat in flight land before deregistering: cancelled mid-request, it
+            # could reach the API after the deregistration and mark the worker alive again.
+            self.closing.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(heartbeats), timeout=10)
+            for helper in [*helpers, heartbeats]:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await asyncio.gather(*helpers, heartbeats, return_exceptions=True)
             await self._close()
 
     async def _register(self) -> RegisterResponse:
@@ -244,7 +250,7 @@ class WorkerNode:
             self.unreported.pop(report.task_id, None)
 
     async def _heartbeat_loop(self, interval: float) -> None:
-        while True:
+        while not self.closing.is_set():
             beat = WorkerHeartbeat(
                 status=WorkerStatus.DRAINING if self.stopping.is_set() else WorkerStatus.ACTIVE,
                 current_tasks=list(self.running),
@@ -253,11 +259,13 @@ class WorkerNode:
             try:
                 await self.api.heartbeat(self.worker_id, beat)
             except WorkerUnknown:
+                if self.stopping.is_set():
+                    break  # deregistered or forgotten while draining: nothing to come back to
                 log.warning("worker.unknown_to_api", action="registering again")
                 await self._register()
             except (ConnectionError, OSError, httpx.HTTPError) as exc:
                 log.warning("heartbeat.failed", error=str(exc))
-            await asyncio.sleep(interval)
+            await _wait_any(self.closing, timeout=interval)
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -178,6 +178,16 @@ async def pending_ready_after(conn: AsyncConnection, after: str, *, limit: int) 
     return list(rows)
 
 
+async def running_past_lease(conn: AsyncConnection, now: datetime, *, limit: int) -> list[Row[Any]]:
+    """Running tasks whose database lease ran out: the backstop for a Redis lease gone missing."""
+    rows = await conn.execute(
+        select(tasks.c.task_id, tasks.c.task_type, tasks.c.worker_id)
+        .where(tasks.c.status == TaskStatus.RUNNING, tasks.c.lease_expires_at < now)
+        .limit(limit)
+    )
+    return list(rows)
+
+
 async def running_after(conn: AsyncConnection, after: str, *, limit: int) -> list[Row[Any]]:
     rows = await conn.execute(
         select(tasks.c.task_id, tasks.c.worker_id)
@@ -231,10 +241,14 @@ async def register_worker(conn: AsyncConnection, values: dict[str, Any]) -> Work
 async def heartbeat_worker(
     conn: AsyncConnection, worker_id: str, values: dict[str, Any]
 ) -> WorkerPublic | None:
+    """Record a heartbeat. A worker that went offline comes back with its next heartbeat, unless
+    that heartbeat says it is draining: then it is a late one from a worker that has since shut
+    down, and reviving it would list a departed worker as alive."""
+    departed = and_(workers.c.status == "offline", literal(values["status"]) == "draining")
     row = (
         await conn.execute(
             update(workers)
-            .where(workers.c.worker_id == worker_id)
+            .where(workers.c.worker_id == worker_id, ~departed)
             .values(**values)
             .returning(*workers.c)
         )

@@ -57,19 +57,7 @@ class RedisQueue:
         self.keys = RedisKeys(prefix)
         self.lease_ms = int(lease_seconds * 1000)
         self.band_us = aging_band_us(aging_seconds)
-        self._scripts = {
-            name: _load(redis, name)
-            for name in (
-                "enqueue",
-                "claim",
-                "renew",
-                "release",
-                "requeue",
-                "delay",
-                "promote",
-                "expired",
-            )
-        }
+        self._scripts = {path.stem: _load(redis, path.stem) for path in LUA_DIR.glob("*.lua")}
 
     async def enqueue(self, tasks: Sequence[ReadyTask], *, now_us: int | None = None) -> None:
         """Queue ready tasks (delayed ones go to the delayed set). `now_us` overrides the Redis
@@ -112,6 +100,17 @@ class RedisQueue:
         keys = [self.keys.active, self.keys.owners]
         lost = await self._scripts["renew"](keys=keys, args=[worker_id, self.lease_ms, *task_ids])
         return [_text(i) for i in lost]
+
+    async def hold(self, worker_id: str, tasks: Sequence[tuple[str, str]]) -> None:
+        """Lease (task_id, task_type) pairs to the worker the database just started them for."""
+        if tasks:
+            keys = [self.keys.active, self.keys.owners, *(self.keys.queue(t) for _, t in tasks)]
+            args: list[str | int] = [worker_id, self.lease_ms, *(task_id for task_id, _ in tasks)]
+            await self._scripts["hold"](keys=keys, args=args)
+
+    async def is_leased(self, task_ids: Sequence[str]) -> list[bool]:
+        scores = await self.redis.zmscore(self.keys.active, list(task_ids))
+        return [score is not None for score in scores]
 
     async def release(self, task_ids: Sequence[str], worker_id: str = "") -> None:
         if task_ids:

@@ -88,6 +88,7 @@ class Recovery:
         await self.queue.promote_due()
         if await self._hold_lock():
             await self.sweep_expired()
+            await self.restore_missing_leases()
             await self.workers.mark_silent_offline()
             for task_type, depth in (await self.queue.queue_depths()).items():
                 monitoring.QUEUE_DEPTH.labels(task_type).set(depth)
@@ -168,6 +169,23 @@ class Recovery:
             await self.queue.requeue(ReadyTask(ready.task_id, ready.task_type, ready.priority))
         else:
             await self.queue.release([task_id])
+
+    async def restore_missing_leases(self) -> int:
+        """A running task must hold a Redis lease, or nothing would notice its worker dying (the
+        lease write after its start may have failed while Redis was unreachable). Tasks past
+        their database lease and missing from Redis get a fresh lease for their worker: a live
+        worker keeps renewing it, a dead one lets it expire into the ordinary sweep."""
+        async with self.db.read() as conn:
+            rows = await repo.running_past_lease(conn, datetime.now(UTC), limit=PAGE)
+        if not rows:
+            return 0
+        known = await self.queue.is_leased([r.task_id for r in rows])
+        missing = [r for r, leased in zip(rows, known, strict=True) if not leased]
+        for row in missing:
+            await self.queue.hold(row.worker_id or "", [(row.task_id, row.task_type)])
+        if missing:
+            log.warning("lease.restored", task_ids=[r.task_id for r in missing])
+        return len(missing)
 
     async def reconcile_page(self) -> int:
         """Queue again the pending tasks Redis does not know, one page per call, cycling through

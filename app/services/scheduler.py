@@ -180,7 +180,8 @@ class Scheduler:
     async def start_claimed(self, worker_id: str, task_ids: Sequence[str]) -> StartResponse:
         """Confirm a worker's Redis claims in the database: each becomes a new numbered attempt."""
         now = utcnow()
-        lease_until = now + timedelta(seconds=self.settings.lease_seconds)
+        # The database lease is the backstop behind the Redis one; heartbeats extend it.
+        lease_until = now + timedelta(seconds=self.settings.worker_offline_after)
         async with self.db.transaction() as conn:
             rows = await transitions.start(
                 conn, task_ids, worker_id=worker_id, now=now, lease_until=lease_until
@@ -201,6 +202,9 @@ class Scheduler:
         ]
         for r in rows:
             monitoring.QUEUE_WAIT.observe((now - r.created_at).total_seconds())
+        if started:
+            held = [(t.task_id, t.task_type) for t in started]
+            await self._tell_redis(self.queue.hold(worker_id, held))
         started_ids = {t.task_id for t in started}
         refused = [t for t in task_ids if t not in started_ids]
         if refused:
