@@ -23,12 +23,18 @@ log = structlog.get_logger(__name__)
 HIGH_CPU_PERCENT = 90.0
 
 
-def claim_budget(*, free_slots: int, max_slots: int, cpu_percent: float | None) -> int:
+def claim_budget(
+    *,
+    free_slots: int,
+    max_slots: int,
+    cpu_percent: float | None,
+    high_cpu_percent: float = HIGH_CPU_PERCENT,
+) -> int:
     """How many tasks to claim now. Workers pull, so load balancing happens here: a worker takes
     at most its free slots (no hoarding), and while its machine is above HIGH_CPU_PERCENT it
     fills only half of its slots, leaving the work to less loaded workers."""
     cap = max_slots
-    if cpu_percent is not None and cpu_percent >= HIGH_CPU_PERCENT:
+    if cpu_percent is not None and cpu_percent >= high_cpu_percent:
         cap = max(1, max_slots // 2)
     running = max_slots - free_slots
     return max(0, min(free_slots, cap - running))

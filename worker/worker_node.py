@@ -52,6 +52,7 @@ class WorkerOptions:
     redis_url: str | None = None
     heartbeat_interval: float | None = None
     grace_period: float = 30.0
+    high_cpu_percent: float = 90.0
     pool_size: int = 10
     task_modules: list[str] = field(default_factory=list)
 
@@ -74,6 +75,8 @@ class WorkerNode:
         self.hard_stop = asyncio.Event()
         self.closing = asyncio.Event()
         self.cancel_requested: set[str] = set()
+        self.starting = 0  # claimed in Redis, confirmation by the API still in flight
+        self.start_calls: set[asyncio.Task[None]] = set()
         self.cpu = CpuSampler()
         self.queue: RedisQueue | None = None
         self.lease_keeper: LeaseKeeper | None = None
@@ -142,9 +145,10 @@ class WorkerNode:
         backoff = 0.1
         while not self.stopping.is_set():
             free = claim_budget(
-                free_slots=self.options.max_concurrent_tasks - len(self.running),
+                free_slots=self.options.max_concurrent_tasks - len(self.running) - self.starting,
                 max_slots=self.options.max_concurrent_tasks,
                 cpu_percent=self.cpu.percent,
+                high_cpu_percent=self.options.high_cpu_percent,
             )
             if free <= 0:
                 self.slot_freed.clear()
@@ -161,7 +165,12 @@ class WorkerNode:
                 await _wait_any(self.stopping, timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            await self._start(claimed)
+            # Confirm in the background and claim on: waiting for each answer would leave slots
+            # idle for a round trip and send the API batches of one or two.
+            self.starting += len(claimed)
+            confirmation = asyncio.create_task(self._start(claimed))
+            self.start_calls.add(confirmation)
+            confirmation.add_done_callback(self.start_calls.discard)
 
     async def _start(self, claimed: Sequence[str]) -> None:
         try:
@@ -170,6 +179,9 @@ class WorkerNode:
             # The leases lapse and the sweeper puts these back; nothing is lost by letting go.
             log.warning("claim.start_failed", task_ids=list(claimed), error=str(exc))
             return
+        finally:
+            self.starting -= len(claimed)
+            self.slot_freed.set()
         for job in answer.started:
             self.running[job.task_id] = (job, asyncio.create_task(self._run_one(job)))
 
@@ -279,6 +291,8 @@ class WorkerNode:
 
     async def _drain(self) -> None:
         """Let running tasks finish within the grace period; hand the rest back at once."""
+        if self.start_calls:  # claims being confirmed become running tasks (or are refused)
+            await asyncio.wait(self.start_calls, timeout=self.options.grace_period)
         running = [t for _job, t in self.running.values()]
         if running:
             all_done = asyncio.ensure_future(asyncio.wait(running))
@@ -338,6 +352,12 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         "--grace-period", type=float, default=30.0, help="seconds to finish tasks on SIGTERM"
     )
     parser.add_argument("--heartbeat-interval", type=float, default=None)
+    parser.add_argument(
+        "--high-cpu-percent",
+        type=float,
+        default=float(os.environ.get("WORKER_HIGH_CPU_PERCENT", 90)),
+        help="machine CPU %% above which the worker fills only half its slots (>100: never)",
+    )
     args = parser.parse_args(argv)
     capabilities = (
         [c.strip() for c in args.capabilities.split(",") if c.strip()]
@@ -353,6 +373,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         # Unset: the interval the API announces at registration, so both sides agree on it.
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
+        high_cpu_percent=args.high_cpu_percent,
         pool_size=settings.max_workers,
         task_modules=args.tasks,
     )

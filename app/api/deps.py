@@ -1,4 +1,5 @@
-"""Dependency aliases for routes. The services are built once in the lifespan (app.main)."""
+"""Dependency aliases for routes. The services are built once in the lifespan (app.main).
+The getters are `async def` so FastAPI calls them inline instead of in its thread pool."""
 
 from __future__ import annotations
 
@@ -12,23 +13,23 @@ from app.services.scheduler import Scheduler
 from app.services.worker_manager import WorkerManager
 
 
-def _scheduler(request: Request) -> Scheduler:
+async def _scheduler(request: Request) -> Scheduler:
     return request.app.state.scheduler  # type: ignore[no-any-return]
 
 
-def _workers(request: Request) -> WorkerManager:
+async def _workers(request: Request) -> WorkerManager:
     return request.app.state.workers  # type: ignore[no-any-return]
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _correlation_id(request: Request) -> str | None:
+async def _correlation_id(request: Request) -> str | None:
     value: str | None = request.scope.get("state", {}).get("correlation_id")
     return value
 

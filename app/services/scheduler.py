@@ -114,7 +114,7 @@ class Scheduler:
             ready=len(ready),
             task_ids=[n.task_id for n in batch[:10]],
         )
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             found = await repo.get_tasks(conn, [n.task_id for n in batch])
         return [(found[a.task_id], a.created) for a in admitted]
 
