@@ -73,6 +73,8 @@ class Admitted:
     task_id: str
     created: bool
     ready: ReadyTask | None
+    # The stored row of a new task, so the caller can answer without reading it back.
+    row: dict[str, Any] | None = None
 
 
 async def admit(
@@ -87,23 +89,25 @@ async def admit(
     statuses = await _lock_dependencies(conn, outside)
     _check_known(batch, fresh, batch_ids, statuses)
     parents = {d for i in fresh for d in batch[i].dependencies if d in batch_ids}
-    rows, ready = [], {}
+    rows: dict[int, dict[str, Any]] = {}
+    ready = {}
     for i in ordered:
         new = batch[i]
         status, error, remaining = _initial_state(new, statuses)
         statuses[new.task_id] = status
-        rows.append(_row(new, status, error, remaining, new.task_id in parents, now))
+        rows[i] = _row(new, status, error, remaining, new.task_id in parents, now)
         if status == TaskStatus.PENDING and remaining == 0:
             ready[i] = ReadyTask(new.task_id, new.task_type, new.priority, new.scheduled_at)
     if rows:
-        await conn.execute(insert(tasks), rows)
+        await conn.execute(insert(tasks), list(rows.values()))
     edges = [
         {"task_id": batch[i].task_id, "depends_on": d} for i in fresh for d in batch[i].dependencies
     ]
     if edges:
         await conn.execute(insert(dependencies), edges)
     return [
-        Admitted(new.task_id, created=i in fresh, ready=ready.get(i)) for i, new in enumerate(batch)
+        Admitted(new.task_id, created=i in rows, ready=ready.get(i), row=rows.get(i))
+        for i, new in enumerate(batch)
     ]
 
 

@@ -31,7 +31,7 @@ async def get_task(
             )
         ).scalars()
     )
-    task = _to_public(row, deps)
+    task = to_public(row, deps)
     if with_attempts:
         task.attempts = await list_attempts(conn, task_id)
     return task
@@ -48,7 +48,7 @@ async def get_tasks(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str,
     deps: dict[str, list[str]] = {}
     for edge in edges:
         deps.setdefault(edge.task_id, []).append(edge.depends_on)
-    return {r.task_id: _to_public(r, deps.get(r.task_id, [])) for r in rows}
+    return {r.task_id: to_public(r, deps.get(r.task_id, [])) for r in rows}
 
 
 async def task_graph(
@@ -122,7 +122,7 @@ async def list_tasks(
         .limit(limit)
         .offset(offset)
     )
-    return [_to_public(r, None) for r in page], int(total)
+    return [to_public(r, None) for r in page], int(total)
 
 
 async def dependency_results(
@@ -198,7 +198,10 @@ async def running_after(conn: AsyncConnection, after: str, *, limit: int) -> lis
     return list(rows)
 
 
-def _to_public(row: Row[Any], deps: list[str] | None) -> TaskPublic:
+def to_public(row: Row[Any] | dict[str, Any], deps: list[str] | None) -> TaskPublic:
+    """A stored task as the API shows it (from a result row or the values just inserted)."""
+    if isinstance(row, dict):
+        return TaskPublic.model_validate({**row, "dependencies": deps or []})
     return TaskPublic(
         task_id=row.task_id,
         task_type=row.task_type,

@@ -114,8 +114,15 @@ class Scheduler:
             ready=len(ready),
             task_ids=[n.task_id for n in batch[:10]],
         )
-        async with self.db.read() as conn:
-            found = await repo.get_tasks(conn, [n.task_id for n in batch])
+        # New tasks are answered from what was inserted; only resubmissions are read back.
+        found: dict[str, TaskPublic] = {}
+        existing = [a.task_id for a in admitted if a.row is None]
+        if existing:
+            async with self.db.read() as conn:
+                found = await repo.get_tasks(conn, existing)
+        for new, outcome in zip(batch, admitted, strict=True):
+            if outcome.row is not None:
+                found[new.task_id] = repo.to_public(outcome.row, new.dependencies)
         return [(found[a.task_id], a.created) for a in admitted]
 
     async def _admit(self, batch: list[NewTask], now: datetime) -> list[Admitted]:
