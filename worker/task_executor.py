@@ -73,12 +73,30 @@ def _call(registration: Registration, payload: dict[str, Any], context: TaskCont
     return registration.func(*args)
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _ignore_stop_signals() -> None:
     """Pool processes leave stopping to their worker: a SIGTERM or Ctrl-C sent to the whole
     process group must not kill a task the worker means to finish within its grace period (the
-    worker kills its pool itself once it is done with it)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker kills its pool itself once it is done with it). The signals arrive blocked (see
+    _submit_with_stop_signals_blocked), so one sent while the process started is dropped here."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _submit_with_stop_signals_blocked(
+    pool: concurrent.futures.ProcessPoolExecutor, *args: Any
+) -> concurrent.futures.Future[Any]:
+    """Submitting may start pool processes, which inherit this thread's signal mask: blocked,
+    a group SIGTERM cannot kill them before their initializer ignores it. The parent gets any
+    such signal as soon as the mask is restored, a moment later."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return pool.submit(*args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _call_in_process(
@@ -148,7 +166,7 @@ class TaskExecutor:
         loop = asyncio.get_running_loop()
         if registration.mode == "thread":
             return await loop.run_in_executor(self.threads, _call, registration, payload, context)
-        return await loop.run_in_executor(
+        future = _submit_with_stop_signals_blocked(
             self._process_pool(),
             _call_in_process,
             registration.func,
@@ -156,6 +174,7 @@ class TaskExecutor:
             payload,
             context,
         )
+        return await asyncio.wrap_future(future)
 
     def _after_timeout(self, registration: Registration) -> None:
         """A process handler that overran is killed for real: the pool is torn down and rebuilt
