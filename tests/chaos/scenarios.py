@@ -61,17 +61,12 @@ KNOWN_BUGS: dict[str, str] = {}
 FIXED_BUGS = {
     "B1": "SIGTERM/SIGINT to the worker's process group (systemd's default, Ctrl-C) killed its "
     "process-pool children: the running process task ended 'error' instead of finishing in the "
-    "grace period; fixed in worker/task_executor.py (pool processes ignore both), except "
-    "while the pool starts (B5) "
+    "grace period; fixed in worker/task_executor.py (pool processes ignore both) "
     "(test_sigterm_to_the_process_group_lets_process_tasks_finish)",
     "B2": "a task started after its Redis claim lapsed ran without any lease and stayed "
     "'running' forever if its worker then died; fixed in Scheduler.start_claimed (re-takes the "
     "lease) and Recovery.restore_missing_leases "
     "(test_a_task_started_after_its_claim_lapsed_is_recovered_when_its_worker_dies)",
-    "B5": "SIGTERM/SIGINT to the worker's process group while its process pool was starting "
-    "killed the pool's processes before their initializer could ignore the signal; fixed in "
-    "worker/task_executor.py (pool processes start with the signals blocked) "
-    "(test_sigterm_to_the_process_group_while_the_pool_starts_lets_the_task_finish)",
     "B3": "while PostgreSQL started up (SQLSTATE 57P03, e.g. crash recovery) the API answered "
     "500 instead of 503 + Retry-After, and a worker dropped a report answered 500, so its task "
     "ran again; fixed in app/main.py:_is_outage and worker/api_client.py "
@@ -80,6 +75,10 @@ FIXED_BUGS = {
     "listed the departed worker as active until it was declared lost; fixed in WorkerNode.run "
     "and repositories.heartbeat_worker "
     "(test_a_late_heartbeat_does_not_bring_back_a_deregistered_worker)",
+    "B5": "SIGTERM/SIGINT to the worker's process group while its process pool was starting "
+    "killed the pool's processes before their initializer could ignore the signal; fixed in "
+    "worker/task_executor.py (pool processes start with the signals blocked) "
+    "(test_sigterm_to_the_process_group_while_the_pool_starts_lets_the_task_finish)",
 }
 
 
@@ -708,12 +707,11 @@ async def worker_sigterm(
         await asyncio.sleep(rng.uniform(0.2, 0.5))  # let its tasks get well into their run
         # Alternately to the worker process only (`kill PID`, `docker stop`) and to its whole
         # process group, pool children included (systemd's default; Ctrl-C does the same with
-        # SIGINT): the children must leave stopping to the worker (bug B1). Not while the
-        # worker's process pool may still be starting: that window is open bug B5.
-        group = i % 2 == 1 and await _pool_settled(env, victim)
+        # SIGINT): the children must leave stopping to the worker, even while they start
+        # (bugs B1 and B5).
         held = await pool.running_on(victim) or held
         at = time.time()
-        if group:
+        if i % 2:
             victim.signal(signal.SIGTERM)
         else:
             os.kill(victim.popen.pid, signal.SIGTERM)
@@ -728,24 +726,6 @@ async def worker_sigterm(
         pool.replace(victim)
     details = await check_invariants(env, outcome, accepted)
     worker_fault_metrics(outcome, details, injected, ended_as="released")
-
-
-async def _pool_settled(env: ChaosEnv, worker: Proc, *, timeout: float = 10) -> bool:
-    """Wait until every attempt `worker` runs started at least 1 s ago: a process pool it needed
-    has started by then (bug B5: a group signal while it starts kills it). False if that does
-    not happen within `timeout`."""
-
-    async def settled() -> bool:
-        held = (await env.running_by_worker()).get(worker.name, [])
-        tasks = await env.details(task_id for task_id, _ in held)
-        starts = [parse_time(t["started_at"]) for t in tasks.values()]
-        return all(s is not None and time.time() - s >= 1.0 for s in starts)
-
-    try:
-        await eventually(settled, timeout=timeout, what=f"{worker.name}'s pool to settle")
-    except AssertionError:
-        return False
-    return True
 
 
 async def api_sigkill(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:

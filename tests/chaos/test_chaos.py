@@ -118,10 +118,10 @@ async def test_sigterm_to_the_process_group_lets_process_tasks_finish(
 async def test_sigterm_to_the_process_group_while_the_pool_starts_lets_the_task_finish(
     tmp_path: Path, chaos_logs: list[str]
 ) -> None:
-    """Found by the long run after B1's fix (worker_sigterm, group signal to a fresh worker):
-    the signal comes as soon as the worker has spawned its pool processes (each a new
+    """B5, found by the long run after B1's fix (worker_sigterm, group signal to a fresh
+    worker): the signal comes as soon as the worker has spawned its pool processes (each a new
     interpreter that imports the worker's modules for a few hundred ms before the pool
-    initializer runs)."""
+    initializer runs), which it killed. Pool processes now start with the signals blocked."""
     await group_sigterm_during_a_cpu_task(tmp_path, chaos_logs, pool_ready=False)
 
 
