@@ -41,7 +41,10 @@ async def test_two_equal_workers_share_short_tasks_evenly(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
         # 50 ms each: short, yet long enough that free slots, not the race for the API on a
         # loaded 2-core machine, decide who takes the next task, which is the policy under test.
-        short = {"task_type": "sleep", "payload": {"parameters": {"seconds": 0.05}}}
+        short: dict[str, object] = {
+            "task_type": "sleep",
+            "payload": {"parameters": {"seconds": 0.05}},
+        }
         await _submit(http, [short] * 1000)
         counts = await _completed_by_worker(http, 1000)
     assert set(counts) == {"even-1", "even-2"}
