@@ -81,11 +81,11 @@ class Recovery:
                 )
 
     async def tick(self) -> None:
-        """One round of healing: rebuild Redis if it lost its data, promote due delayed tasks,
-        sweep expired leases and silent workers (one process at a time), reconcile a page."""
+        """One round of healing: rebuild Redis if it lost its data, sweep expired leases and
+        silent workers (one process at a time), reconcile a page. Promoting delayed tasks is
+        not part of it: run_forever does that on its own, shorter, cadence."""
         if not await self.queue.redis.exists(self.queue.keys.epoch):
             await self.rebuild_redis()
-        await self.queue.promote_due()
         if await self._hold_lock():
             await self.sweep_expired()
             await self.restore_missing_leases()

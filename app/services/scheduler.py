@@ -193,8 +193,8 @@ class Scheduler:
             rows = await transitions.start(
                 conn, task_ids, worker_id=worker_id, now=now, lease_until=lease_until
             )
-            with_deps = [r.task_id for r in rows]
-            results = await repo.dependency_results(conn, with_deps) if with_deps else {}
+            started_ids = [r.task_id for r in rows]
+            results = await repo.dependency_results(conn, started_ids) if rows else {}
         started = [
             TaskToRun(
                 task_id=r.task_id,
@@ -212,8 +212,8 @@ class Scheduler:
         if started:
             held = [(t.task_id, t.task_type) for t in started]
             await self._tell_redis(self.queue.hold(worker_id, held))
-        started_ids = {t.task_id for t in started}
-        refused = [t for t in task_ids if t not in started_ids]
+        confirmed = set(started_ids)
+        refused = [t for t in task_ids if t not in confirmed]
         if refused:
             log.info("claim.refused", worker_id=worker_id, task_ids=refused)
             await self._tell_redis(self.queue.release(refused, worker_id))

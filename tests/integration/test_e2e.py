@@ -112,22 +112,28 @@ async def _all_tasks(http: httpx.AsyncClient, status: str) -> list[dict[str, Any
     return list(page["tasks"])
 
 
+async def _sigterm_during_sleep(
+    stack: Stack, http: httpx.AsyncClient, worker_id: str, *, grace: float, seconds: float
+) -> None:
+    """Start a worker, give it a sleeping task "s", SIGTERM it once the task runs, and wait for
+    it to exit cleanly."""
+    worker = stack.start_worker(worker_id, "--grace-period", str(grace))
+    await stack.wait_for_workers(worker_id)
+    sleeping = {
+        "task_id": "s",
+        "task_type": "sleep",
+        "payload": {"parameters": {"seconds": seconds}},
+    }
+    await http.post("/api/tasks", json=sleeping)
+    await wait_for_status(http, "s", "running")
+    worker.signal(15)
+    assert await worker.wait(timeout=30) == 0
+
+
 async def test_sigterm_lets_a_worker_finish_and_deregister(stack: Stack) -> None:
     await stack.start_api()
-    worker = stack.start_worker("graceful", "--grace-period", "20")
-    await stack.wait_for_workers("graceful")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        await http.post(
-            "/api/tasks",
-            json={
-                "task_id": "s",
-                "task_type": "sleep",
-                "payload": {"parameters": {"seconds": 1.5}},
-            },
-        )
-        await wait_for_status(http, "s", "running")
-        worker.signal(15)
-        assert await worker.wait(timeout=30) == 0
+        await _sigterm_during_sleep(stack, http, "graceful", grace=20, seconds=1.5)
         task = (await http.get("/api/tasks/s")).json()
         assert (task["status"], task["attempt"]) == ("completed", 1)
         workers = (await http.get("/api/workers")).json()["workers"]
@@ -136,26 +142,14 @@ async def test_sigterm_lets_a_worker_finish_and_deregister(stack: Stack) -> None
 
 async def test_sigterm_past_the_grace_period_hands_the_task_back_at_once(stack: Stack) -> None:
     await stack.start_api()
-    worker = stack.start_worker("quitter", "--grace-period", "0.5")
-    await stack.wait_for_workers("quitter")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        await http.post(
-            "/api/tasks",
-            json={
-                "task_id": "long",
-                "task_type": "sleep",
-                "payload": {"parameters": {"seconds": 60}},
-            },
-        )
-        await wait_for_status(http, "long", "running")
-        worker.signal(15)
-        assert await worker.wait(timeout=30) == 0
-        task = (await http.get("/api/tasks/long")).json()
+        await _sigterm_during_sleep(stack, http, "quitter", grace=0.5, seconds=60)
+        task = (await http.get("/api/tasks/s")).json()
         assert task["status"] == "pending"
         assert [a["outcome"] for a in task["attempts"]] == ["released"]
         stack.start_worker("taker")
-        await wait_for_status(http, "long", "running")
-        assert (await http.get("/api/tasks/long")).json()["worker_id"] == "taker"
+        await wait_for_status(http, "s", "running")
+        assert (await http.get("/api/tasks/s")).json()["worker_id"] == "taker"
 
 
 def test_final_statuses_are_the_documented_ones() -> None:
