@@ -17,6 +17,8 @@ process (uvicorn) and, where the phase needs them, new worker processes.
            rate from the first start to the last completion (server timestamps).
   latency  open loop at --rate tasks/s for --duration s with idle workers: started_at -
            created_at percentiles.
+  submit_live  (only when named in --phases) like submit, but with the workers running and
+           executing what is submitted: admission while the same API also serves the workers.
 
 e2e and drain check that every task completed exactly once (attempt 1, result == payload).
 --profile DIR records the API (and worker 1 in e2e) with py-spy during each measured window.
@@ -49,6 +51,8 @@ import httpx
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script: make `app` importable
 
+from rawhttp import RawConnection, RawPool  # noqa: E402
+
 from app.utils.embedded_servers import (  # noqa: E402
     PostgresServer,
     ValkeyServer,
@@ -77,7 +81,8 @@ def say(message: str) -> None:
 # Options
 # --------------------------------------------------------------------------------------------- #
 
-PHASES = ("submit", "batch", "e2e", "drain", "latency")
+PHASES = ("submit", "batch", "e2e", "drain", "latency", "submit_live")
+DEFAULT_PHASES = PHASES[:5]  # submit_live runs only when asked for (bench/side_by_side.py does)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Options:
     duration: float
     workers: int
     worker_slots: int
+    worker_transport: str
     concurrency: int
     batch_size: int
     batch_concurrency: int
@@ -129,11 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=200.0, help="latency phase: tasks per second")
     p.add_argument("--duration", type=float, default=20.0, help="latency phase: seconds")
     p.add_argument("--workers", type=_positive_int, default=2)
-    p.add_argument("--worker-slots", type=_positive_int, default=5, help="--max-concurrent-tasks")
+    p.add_argument(
+        "--worker-slots",
+        type=_positive_int,
+        default=10,
+        help="--max-concurrent-tasks (default 10, the worker's own default)",
+    )
+    p.add_argument(
+        "--worker-transport",
+        choices=["auto", "http", "direct"],
+        default="auto",
+        help="where workers run their transitions: through the API (http) or in process "
+        "against the database (direct); auto: direct on PostgreSQL, http on SQLite",
+    )
     p.add_argument("--concurrency", type=_positive_int, default=32, help="HTTP requests in flight")
     p.add_argument("--batch-size", type=_positive_int, default=500)
     p.add_argument("--batch-concurrency", type=_positive_int, default=2)
-    p.add_argument("--phases", type=_phase_list, default=list(PHASES), help="comma-separated")
+    p.add_argument(
+        "--phases",
+        type=_phase_list,
+        default=list(DEFAULT_PHASES),
+        help=f"comma-separated (default {','.join(DEFAULT_PHASES)})",
+    )
     p.add_argument(
         "--pg-fsync", choices=["on", "off"], default="on", help="PostgreSQL fsync (default on)"
     )
@@ -172,6 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         duration=args.duration,
         workers=args.workers,
         worker_slots=args.worker_slots,
+        worker_transport=args.worker_transport,
         concurrency=args.concurrency,
         batch_size=args.batch_size,
         batch_concurrency=args.batch_concurrency,
@@ -362,7 +386,16 @@ class Stack:
             cmd += ["--api-url", self.api_url]
             cmd += ["--max-concurrent-tasks", str(self.opts.worker_slots)]
             log = self.root / f"worker-{n}.log"
-            self.workers.append(spawn(f"bench-{n}", cmd, self._env(), log))
+            self.workers.append(spawn(f"bench-{n}", cmd, self._worker_env(), log))
+
+    def _worker_env(self) -> dict[str, str]:
+        env = self._env()
+        transport = self.opts.worker_transport
+        if transport == "auto":
+            transport = "direct" if self.database_url.startswith("postgresql") else "http"
+        if transport == "direct":
+            env["WORKER_DATABASE_URL"] = self.database_url
+        return env
 
     def groups(self) -> dict[int, str]:
         """Process group -> component name, for CPU accounting."""
@@ -568,6 +601,10 @@ def echo_body(n: int) -> Json:
     return {"task_type": "echo", "payload": {"n": n}}
 
 
+def echo_json(n: int) -> bytes:
+    return json.dumps(echo_body(n), separators=(",", ":")).encode()
+
+
 @dataclass
 class Submitted:
     accepted: int = 0
@@ -581,8 +618,11 @@ class Submitted:
         return self.accepted / self.seconds if self.seconds > 0 else 0.0
 
     def refused(self, response: httpx.Response) -> None:
-        self.errors[str(response.status_code)] += 1
-        self.first_error = self.first_error or response.text[:300]
+        self.refused_raw(response.status_code, response.content)
+
+    def refused_raw(self, status: int, body: bytes) -> None:
+        self.errors[str(status)] += 1
+        self.first_error = self.first_error or body[:300].decode(errors="replace")
 
     def check(self, what: str) -> Submitted:
         """A benchmark with refused submissions measures nothing: stop with the reason."""
@@ -604,26 +644,31 @@ async def _run_lanes(lanes: int, lane: Callable[[], Awaitable[None]]) -> float:
 
 
 async def submit_singles(
-    client: httpx.AsyncClient, count: int, concurrency: int, *, first: int = 0
+    stack: Stack, count: int, concurrency: int, *, first: int = 0
 ) -> Submitted:
-    """``count`` POST /api/tasks with ``concurrency`` requests in flight."""
+    """``count`` POST /api/tasks with ``concurrency`` requests in flight, each lane on its own
+    keep-alive connection of the raw client (httpx would cost as much CPU as the API)."""
     out = Submitted()
     numbers = iter(range(first, first + count))  # shared: each number is taken once
     deadline = time.monotonic() + DRAIN_DEADLINE
 
     async def lane() -> None:
-        for n in numbers:
-            if time.monotonic() > deadline:
-                raise BenchError("submission took longer than the deadline")
-            try:
-                response = await client.post("/api/tasks", json=echo_body(n))
-            except httpx.TransportError as exc:
-                out.errors[type(exc).__name__] += 1
-                continue
-            if response.status_code == 201:
-                out.accepted += 1
-            else:
-                out.refused(response)
+        connection = RawConnection(HOST, stack.api_port)
+        try:
+            for n in numbers:
+                if time.monotonic() > deadline:
+                    raise BenchError("submission took longer than the deadline")
+                try:
+                    status, body = await connection.post_json("/api/tasks", echo_json(n))
+                except ConnectionError as exc:
+                    out.errors[type(exc).__name__] += 1
+                    continue
+                if status == 201:
+                    out.accepted += 1
+                else:
+                    out.refused_raw(status, body)
+        finally:
+            await connection.close()
 
     out.seconds = await _run_lanes(concurrency, lane)
     return out
@@ -658,7 +703,7 @@ async def submit_all(stack: Stack, count: int, use_batch: bool) -> Submitted:
     if use_batch:
         sent = await submit_batches(stack.client, count, opts.batch_size, opts.batch_concurrency)
     else:
-        sent = await submit_singles(stack.client, count, opts.concurrency)
+        sent = await submit_singles(stack, count, opts.concurrency)
     return sent.check("submission")
 
 
@@ -803,7 +848,7 @@ async def phase_submit(ctx: PhaseContext) -> Json:
     opts = ctx.opts
     async with ctx.stack("submit", workers=False) as stack:
         with observed(ctx, stack, "submit") as cpu:
-            sent = await submit_singles(stack.client, opts.submit_tasks, opts.concurrency)
+            sent = await submit_singles(stack, opts.submit_tasks, opts.concurrency)
         sent.check("submit")
         stored = await count_tasks(stack.client, "pending")
     say(f"submit: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
@@ -828,6 +873,26 @@ async def phase_batch(ctx: PhaseContext) -> Json:
         "batch_size": opts.batch_size,
         "concurrency": opts.batch_concurrency,
         **_submit_result(sent, stored, cpu),
+    }
+
+
+async def phase_submit_live(ctx: PhaseContext) -> Json:
+    """Single POSTs while the workers run: the API admits and serves the workers at once."""
+    opts = ctx.opts
+    async with ctx.stack("submit_live", workers=True) as stack:
+        with observed(ctx, stack, "submit_live") as cpu:
+            first = time.perf_counter()
+            sent = await submit_singles(stack, opts.submit_tasks, opts.concurrency)
+        sent.check("submit_live")
+        done = await wait_completed(stack, sent.accepted)
+    say(f"submit_live: {sent.accepted} in {sent.seconds:.2f} s = {sent.rate:.0f}/s")
+    result = _submit_result(sent, 0, cpu)
+    del result["stored_pending"]  # the workers take them: the pending count means nothing here
+    return {
+        "concurrency": opts.concurrency,
+        "workers_running": True,
+        **result,
+        "first_submit_to_all_done_seconds": round(done - first, 3),
     }
 
 
@@ -903,14 +968,11 @@ class OpenLoop:
     last_answer: float = 0.0
 
 
-async def _timed_post(
-    client: httpx.AsyncClient, n: int, due: float, lanes: asyncio.Semaphore, out: OpenLoop
-) -> None:
+async def _timed_post(pool: RawPool, n: int, due: float, out: OpenLoop) -> None:
     """One submission; its latency counts from when it was due (no coordinated omission)."""
     try:
-        async with lanes:  # waiting here is cheap; httpx's own pool queue is not
-            status = (await client.post("/api/tasks", json=echo_body(n))).status_code
-    except httpx.TransportError as exc:
+        status, _body = await pool.post_json("/api/tasks", echo_json(n))
+    except ConnectionError as exc:
         out.errors[type(exc).__name__] += 1
         return
     out.last_answer = time.perf_counter()
@@ -922,11 +984,13 @@ async def _timed_post(
 
 
 async def open_loop(
-    client: httpx.AsyncClient, rate: float, duration: float, concurrency: int
+    stack: Stack, rate: float, duration: float, concurrency: int
 ) -> tuple[OpenLoop, float]:
-    """Send at ``rate``/s by the clock for ``duration`` s, never waiting for answers."""
+    """Send at ``rate``/s by the clock for ``duration`` s, never waiting for answers; at most
+    ``concurrency`` in flight on raw keep-alive connections, the rest wait for one (and that
+    wait counts in their answer time)."""
     out = OpenLoop()
-    lanes = asyncio.Semaphore(concurrency)
+    pool = RawPool(HOST, stack.api_port, concurrency)
     inflight: set[asyncio.Task[None]] = set()
     t0 = time.perf_counter() + 0.05
     try:
@@ -936,7 +1000,7 @@ async def open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             out.max_lag = max(out.max_lag, -delay)
-            task = asyncio.create_task(_timed_post(client, n, due, lanes, out))
+            task = asyncio.create_task(_timed_post(pool, n, due, out))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
             out.sent += 1
@@ -946,6 +1010,7 @@ async def open_loop(
         for task in inflight:
             task.cancel()
         await asyncio.gather(*inflight, return_exceptions=True)
+        await pool.close()
     return out, t0
 
 
@@ -968,7 +1033,7 @@ async def phase_latency(ctx: PhaseContext) -> Json:
     async with ctx.stack("latency", workers=True) as stack:
         await asyncio.sleep(1.0)  # let the workers settle into their blocking wait
         with observed(ctx, stack, "latency") as cpu:
-            loop, t0 = await open_loop(stack.client, opts.rate, opts.duration, opts.concurrency)
+            loop, t0 = await open_loop(stack, opts.rate, opts.duration, opts.concurrency)
         await wait_completed(stack, loop.accepted, timeout=120 + opts.duration)
         tasks = await fetch_all_tasks(stack.client, loop.accepted)
     start = distribution_ms(_latencies(tasks, "created_at", "started_at"))
@@ -995,6 +1060,7 @@ PHASE_FUNCS: dict[str, Callable[[PhaseContext], Awaitable[Json]]] = {
     "e2e": phase_e2e,
     "drain": phase_drain,
     "latency": phase_latency,
+    "submit_live": phase_submit_live,
 }
 
 
@@ -1050,6 +1116,7 @@ def _get(result: Json, *path: str) -> Any:
 ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("submit: single POST", ("submit", "tasks_per_s"), "tasks/s"),
     ("submit: batch", ("batch", "tasks_per_s"), "tasks/s"),
+    ("submit: single POST, workers running", ("submit_live", "tasks_per_s"), "tasks/s"),
     ("e2e: wall, first submit -> last done", ("e2e", "wall_seconds"), "s"),
     ("e2e: throughput", ("e2e", "wall_tasks_per_s"), "tasks/s"),
     ("e2e: exactly once", ("e2e", "verification", "ok"), ""),
@@ -1076,10 +1143,12 @@ ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("API CPU per task: submit", ("submit", "api_cpu_ms_per_task"), "ms"),
     ("API CPU per task: batch", ("batch", "api_cpu_ms_per_task"), "ms"),
     ("API CPU per task: drain", ("drain", "api_cpu_ms_per_task"), "ms"),
+    ("API CPU per task: submit, workers on", ("submit_live", "api_cpu_ms_per_task"), "ms"),
     ("other processes' CPU: submit", ("submit", "cpu", "others_pct"), "% machine"),
     ("other processes' CPU: e2e", ("e2e", "cpu", "others_pct"), "% machine"),
     ("other processes' CPU: drain", ("drain", "cpu", "others_pct"), "% machine"),
     ("other processes' CPU: latency", ("latency", "cpu", "others_pct"), "% machine"),
+    ("other processes' CPU: submit_live", ("submit_live", "cpu", "others_pct"), "% machine"),
 ]
 
 
@@ -1107,7 +1176,8 @@ def format_table(results: dict[str, Json]) -> str:
 
 def describe(opts: Options) -> str:
     return (
-        f"{opts.workers} workers x {opts.worker_slots} slots; {opts.tasks} echo tasks for e2e and"
+        f"{opts.workers} workers x {opts.worker_slots} slots ({opts.worker_transport} transport);"
+        f" {opts.tasks} echo tasks for e2e and"
         f" drain; submit {opts.submit_tasks} with {opts.concurrency} in flight; latency at"
         f" {opts.rate:g}/s for {opts.duration:g} s; Valkey AOF everysec; PostgreSQL fsync"
         f" {'on' if opts.pg_fsync else 'off'}; {os.cpu_count()} CPUs"

@@ -59,11 +59,11 @@ async def test_renew_and_release_respect_the_owner(redis_client: Redis) -> None:
     queue = _queue(redis_client)
     await queue.enqueue([ReadyTask("t", "echo", 1)])
     await queue.claim("w1", ["echo"], 1)
-    assert await queue.renew("w2", ["t"]) == ["t"]  # not w2's: reported as not held
-    assert await queue.renew("w1", ["t"]) == []
-    await queue.release(["t"], "w2")
+    assert await queue.renew([("t", "w2#0")]) == ["t"]  # not w2's: reported as not held
+    assert await queue.renew([("t", "w1#0")]) == []
+    await queue.release([("t", "w2#0")])
     assert await redis_client.zscore(queue.keys.active, "t") is not None
-    await queue.release(["t"], "w1")
+    await queue.release([("t", "w1#0")])
     assert await redis_client.zscore(queue.keys.active, "t") is None
 
 
@@ -75,7 +75,7 @@ async def test_expired_leases_are_reported_with_their_owner(redis_client: Redis)
     while not (expired := await queue.expired_leases()):
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
-    assert expired == [("t", "w1")]
+    assert expired == [("t", "w1#0")]
 
 
 async def test_requeue_moves_a_task_from_its_lease_back_to_the_queue(redis_client: Redis) -> None:
@@ -84,7 +84,7 @@ async def test_requeue_moves_a_task_from_its_lease_back_to_the_queue(redis_clien
     await queue.claim("w1", ["echo"], 1)
     await queue.requeue(ReadyTask("t", "echo", 3))
     assert await queue.claim("w2", ["echo"], 1) == ["t"]
-    assert await redis_client.hget(queue.keys.owners, "t") == b"w2"
+    assert await redis_client.hget(queue.keys.owners, "t") == b"w2#0"
 
 
 async def test_delayed_tasks_wait_until_due(redis_client: Redis) -> None:
@@ -109,9 +109,9 @@ async def test_aging_lets_an_old_low_priority_task_overtake(redis_client: Redis)
     assert await queue.claim("w", ["echo"], 1) == ["old-low"]
 
 
-async def test_wait_for_work_wakes_on_enqueue(redis_client: Redis) -> None:
+async def test_pop_wake_wakes_on_enqueue(redis_client: Redis) -> None:
     queue = _queue(redis_client)
-    waiter = asyncio.create_task(queue.wait_for_work(["echo"], timeout=10))
+    waiter = asyncio.create_task(queue.pop_wake(["echo"], timeout=10))
     await asyncio.sleep(0.05)
     started = asyncio.get_running_loop().time()
     await queue.enqueue([ReadyTask("t", "echo", 1)])

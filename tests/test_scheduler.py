@@ -187,8 +187,8 @@ async def test_redis_data_loss_is_rebuilt_from_the_database(services: Services) 
     await services.queue.redis.flushall()
     await services.recovery.tick()  # notices the missing epoch
     assert await services.queue.queue_depths() == {"echo": 1}
-    assert await services.queue.redis.hget(services.queue.keys.owners, "queued") == b"w1"
-    assert await services.queue.renew("w1", ["queued"]) == []  # the worker keeps its lease
+    assert await services.queue.redis.hget(services.queue.keys.owners, "queued") == b"w1#1"
+    assert await services.queue.renew([("queued", "w1#1")]) == []  # the worker keeps its lease
     answer = await services.scheduler.report("w1", [report("queued", 1, AttemptOutcome.COMPLETED)])
     assert answer.accepted == ["queued"]
 
@@ -252,7 +252,7 @@ async def test_a_lease_kept_alive_by_its_worker_is_not_swept(services: Services)
     await submit(services, "t1")
     await run_next(services, "w1")
     for _ in range(3):
-        assert await services.queue.renew("w1", ["t1"]) == []
+        assert await services.queue.renew([("t1", "w1#1")]) == []
         assert await services.recovery.sweep_expired() == 0
     assert (await get(services, "t1")).status == "running"
 
@@ -267,7 +267,7 @@ async def test_a_start_that_arrives_after_its_claim_lapsed_still_holds_the_lease
     started = await services.scheduler.start_claimed("w1", claimed)  # then the start lands
     assert [t.attempt for t in started.started] == [1]
     assert await services.queue.claim("w2", ["echo"], 5) == []  # no second copy to run
-    assert await services.queue.redis.hget(services.queue.keys.owners, "t1") == b"w1"
+    assert await services.queue.redis.hget(services.queue.keys.owners, "t1") == b"w1#1"
     await expire_lease(services, "t1")  # w1 dies: the lease it held lets the sweeper notice
     await services.recovery.sweep_expired()
     assert await run_next(services, "w2") == [("t1", 2)]
@@ -276,14 +276,14 @@ async def test_a_start_that_arrives_after_its_claim_lapsed_still_holds_the_lease
 async def test_a_running_task_whose_redis_lease_vanished_gets_one_back(services: Services) -> None:
     await submit(services, "t1")
     await run_next(services, "w1")
-    await services.queue.release(["t1"])  # as if the lease write had failed
+    await services.queue.release([("t1", "")])  # as if the lease write had failed
     assert await services.recovery.restore_missing_leases() == 0  # its database lease still runs
     async with services.db.transaction() as conn:
         await conn.execute(
             update(tasks).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     assert await services.recovery.restore_missing_leases() == 1
-    assert await services.queue.redis.hget(services.queue.keys.owners, "t1") == b"w1"
+    assert await services.queue.redis.hget(services.queue.keys.owners, "t1") == b"w1#1"
     await expire_lease(services, "t1")  # the worker is gone: the ordinary sweep takes over
     await services.recovery.sweep_expired()
     assert await run_next(services, "w2") == [("t1", 2)]

@@ -13,6 +13,7 @@ import structlog
 
 from app.models.task import TaskReport
 from app.models.worker import (
+    ExchangeResponse,
     RegisterResponse,
     ReportResponse,
     StartResponse,
@@ -84,6 +85,16 @@ class SchedulerClient:
         response = await self._post(f"/api/workers/{worker_id}/reports", body, attempts=attempts)
         response.raise_for_status()
         return ReportResponse.model_validate_json(response.content)
+
+    async def exchange(
+        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+    ) -> ExchangeResponse:
+        """One try with a short second chance: the worker keeps its reports and backs off itself
+        when the API stays unavailable, handing its claims back meanwhile."""
+        body = {"reports": [r.model_dump(mode="json") for r in reports], "claims": list(claims)}
+        response = await self._post(f"/api/workers/{worker_id}/exchange", body, attempts=2)
+        response.raise_for_status()
+        return ExchangeResponse.model_validate_json(response.content)
 
     async def deregister(self, worker_id: str) -> None:
         await self._post(f"/api/workers/{worker_id}/deregister", {}, attempts=2)

@@ -7,7 +7,7 @@ blocks the event loop can make a live task look dead to the sweeper."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import psutil
 import redis
@@ -41,14 +41,21 @@ def claim_budget(
 
 
 class CpuSampler:
-    """psutil measures CPU between two calls; one owner of those calls keeps the window sane."""
+    """psutil measures CPU between two calls; one owner of those calls keeps the window sane.
+    `percent` is the machine's (for heartbeats), `process_percent` this worker process's own, in
+    percent of one core: the claim throttle reacts to the worker being busy, not to whatever
+    else shares the machine (a benchmark client, the database)."""
 
     def __init__(self) -> None:
         self.percent: float | None = None
-        psutil.cpu_percent(interval=None)  # starts the first window
+        self.process_percent: float | None = None
+        self._process = psutil.Process()
+        psutil.cpu_percent(interval=None)  # starts the first windows
+        self._process.cpu_percent(interval=None)
 
     def sample(self) -> float:
         self.percent = psutil.cpu_percent(interval=None)
+        self.process_percent = self._process.cpu_percent(interval=None)
         return self.percent
 
 
@@ -66,17 +73,15 @@ class LeaseKeeper(threading.Thread):
         *,
         redis_url: str,
         keys: RedisKeys,
-        worker_id: str,
         lease_seconds: float,
         renew_every: float,
-        held: Callable[[], list[str]],
+        held: Callable[[], Sequence[tuple[str, str]]],
         cpu: CpuSampler,
     ) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.renew = self.client.register_script((LUA_DIR / "renew.lua").read_text())
         self.keys = keys
-        self.worker_id = worker_id
         self.lease_ms = int(lease_seconds * 1000)
         self.interval = renew_every
         self.held = held
@@ -89,20 +94,21 @@ class LeaseKeeper(threading.Thread):
             self.cpu.sample()
 
     def renew_now(self) -> None:
-        ids = self.held()
-        if not ids:
+        leases = self.held()
+        if not leases:
             return
         try:
             lost = self.renew(
                 keys=[self.keys.active, self.keys.owners],
-                args=[self.worker_id, self.lease_ms, *ids],
+                args=[self.lease_ms, *(x for lease in leases for x in lease)],
             )
         except redis.RedisError as exc:
             log.warning("lease.renew_failed", error=str(exc))
             return
         if lost:
-            # The database decides whether our report still counts; we only note it.
-            log.info("lease.not_held", task_ids=[i.decode() for i in lost])
+            # The database decides whether our report still counts; we only note it. Routine
+            # right after a start or a report (the lease changed hands while this was in flight).
+            log.debug("lease.not_held", task_ids=[i.decode() for i in lost])
 
     def stop(self) -> None:
         self.stopped.set()

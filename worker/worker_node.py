@@ -15,12 +15,14 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import itertools
 import os
 import signal
 import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import orjson
@@ -31,16 +33,19 @@ from redis.exceptions import RedisError
 from app.config import get_settings
 from app.models.task import AttemptOutcome, TaskReport, TaskToRun
 from app.models.worker import RegisterResponse, WorkerHeartbeat, WorkerRegister, WorkerStatus
-from app.services.message_queue import RedisQueue
+from app.services.message_queue import Claim, Lease, RedisQueue, claim_token, lease_token
 from app.utils.logging_config import configure_logging
 from worker import builtin_tasks
 from worker.api_client import SchedulerClient, WorkerUnknown
 from worker.health_monitor import CpuSampler, LeaseKeeper, claim_budget, system_info
 from worker.task_executor import TaskExecutor
+from worker.transport import HttpTransport, LocalTransport, Rejected, Transport, Unavailable
 
 log = structlog.get_logger(__name__)
 REPORT_BATCH = 500
 REPORT_FLUSH_SECONDS = 10.0
+IDLE_POLL = 1.0  # an idle worker looks at its queues at least this often, token or not
+MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 
 
 @dataclass
@@ -48,13 +53,14 @@ class WorkerOptions:
     worker_id: str
     api_url: str
     capabilities: list[str] | None = None
-    max_concurrent_tasks: int = 5
+    max_concurrent_tasks: int = 10
     redis_url: str | None = None
     heartbeat_interval: float | None = None
     grace_period: float = 30.0
     high_cpu_percent: float = 90.0
     pool_size: int = 10
     task_modules: list[str] = field(default_factory=list)
+    database_url: str | None = None
 
 
 class WorkerNode:
@@ -68,55 +74,66 @@ class WorkerNode:
         )
         self.capabilities = options.capabilities or self.executor.task_types
         self.running: dict[str, tuple[TaskToRun, asyncio.Task[None]]] = {}
-        self.unreported: dict[str, TaskReport] = {}
-        self.reports: asyncio.Queue[TaskReport] = asyncio.Queue()
-        self.slot_freed = asyncio.Event()
+        self.claimed: dict[str, Claim] = {}  # claimed in Redis, their start in flight
+        self.outbox: dict[str, TaskReport] = {}  # finished attempts not yet sent
+        self.sending: dict[str, TaskReport] = {}  # reports in the exchange in flight
+        self.wake = asyncio.Event()  # the pump has something to do: a report, a slot, a stop
         self.stopping = asyncio.Event()
         self.hard_stop = asyncio.Event()
         self.closing = asyncio.Event()
         self.cancel_requested: set[str] = set()
-        self.starting = 0  # claimed in Redis, confirmation by the API still in flight
-        self.start_calls: set[asyncio.Task[None]] = set()
+        self.paused_until = 0.0  # the scheduler was unavailable: no exchange before this time
+        self.backoff = MIN_BACKOFF
         self.cpu = CpuSampler()
         self.queue: RedisQueue | None = None
+        self.waiter: WorkWaiter | None = None
+        self.transport: Transport | None = None
         self.lease_keeper: LeaseKeeper | None = None
 
-    def held_task_ids(self) -> list[str]:
-        """Tasks whose leases we keep: running, and finished but not yet reported."""
-        return [*self.running, *self.unreported]
+    def held_leases(self) -> list[Lease]:
+        """The leases to keep: running attempts, finished ones not yet recorded, and claims being
+        started. Called from the lease keeper's thread, so it reads copies (atomic in CPython)."""
+        attempts = [job for job, _handle in list(self.running.values())]
+        ended = [*list(self.outbox.values()), *list(self.sending.values())]
+        return [
+            *((j.task_id, lease_token(self.worker_id, j.attempt)) for j in attempts),
+            *((r.task_id, lease_token(self.worker_id, r.attempt)) for r in ended),
+            *((task_id, claim_token(self.worker_id)) for task_id in list(self.claimed)),
+        ]
 
     async def run(self) -> None:
         registration = await self._register()
         redis_url = self.options.redis_url or registration.redis_url
+        redis = Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=15)
         self.queue = RedisQueue(
-            Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=15),
-            prefix=registration.redis_prefix,
-            lease_seconds=registration.lease_seconds,
+            redis, prefix=registration.redis_prefix, lease_seconds=registration.lease_seconds
         )
+        self.waiter = WorkWaiter(self.queue, self.capabilities)
+        self.transport = self._transport(registration, redis)
         self.lease_keeper = LeaseKeeper(
             redis_url=redis_url,
             keys=self.queue.keys,
-            worker_id=self.worker_id,
             lease_seconds=registration.lease_seconds,
             renew_every=registration.lease_renew_interval,
-            held=self.held_task_ids,
+            held=self.held_leases,
             cpu=self.cpu,
         )
         self.lease_keeper.start()
         interval = self.options.heartbeat_interval or registration.heartbeat_interval
         heartbeats = asyncio.create_task(self._heartbeat_loop(interval))
         helpers = [
-            asyncio.create_task(self._report_loop()),
-            asyncio.create_task(self._cancel_loop()),
+            asyncio.create_task(self._pump(), name="pump"),
+            asyncio.create_task(self._cancel_loop(), name="cancel-listener"),
         ]
         log.info(
             "worker.started",
             worker_id=self.worker_id,
             capabilities=self.capabilities,
             max_concurrent_tasks=self.options.max_concurrent_tasks,
+            transport=type(self.transport).__name__,
         )
         try:
-            await self._claim_loop()
+            await self._until_stopped(helpers)
             await self._drain()
         finally:
             # Let a heartbeat in flight land before deregistering: cancelled mid-request, it
@@ -129,6 +146,23 @@ class WorkerNode:
             await asyncio.gather(*helpers, heartbeats, return_exceptions=True)
             await self._close()
 
+    def _transport(self, registration: RegisterResponse, redis: Redis) -> Transport:
+        if self.options.database_url:
+            return LocalTransport.connect(self.options.database_url, registration, redis)
+        return HttpTransport(self.api)
+
+    async def _until_stopped(self, helpers: list[asyncio.Task[None]]) -> None:
+        """Wait for a stop request. A helper loop that dies stops the worker loudly: a worker that
+        claims but cannot report (or cannot hear cancels) must not stay half-alive."""
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _pending = await asyncio.wait([stop, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        for helper in helpers:
+            if helper in done:
+                log.critical("worker.helper_died", helper=helper.get_name())
+                helper.result()  # raises what killed it
+                raise RuntimeError("a worker loop ended unexpectedly")
+
     async def _register(self) -> RegisterResponse:
         spec = WorkerRegister(
             worker_id=self.worker_id,
@@ -138,52 +172,123 @@ class WorkerNode:
         )
         return await self.api.register(spec)
 
-    # --- claiming ------------------------------------------------------------------------------
+    # --- the pump: claims and reports, one exchange at a time --------------------------------
 
-    async def _claim_loop(self) -> None:
+    async def _pump(self) -> None:
+        """The worker's one loop: claim what the free slots allow and send it, together with
+        every finished attempt's report, in one exchange (one transaction). While an exchange is
+        in flight, what finishes and what frees up gathers for the next one (group commit)."""
+        while True:
+            await self._wait_out_pause()
+            # One pass of the event loop first: attempts that end together (a burst of short
+            # tasks started by one exchange) then report together instead of one by one.
+            await asyncio.sleep(0)
+            claims = await self._claim()
+            reports = self._take_outbox()
+            if claims or reports:
+                await self._exchange(reports, claims)
+            else:
+                await self._idle()
+
+    def _free_slots(self) -> int:
+        if self.stopping.is_set():
+            return 0
+        return claim_budget(
+            free_slots=self.options.max_concurrent_tasks - len(self.running) - len(self.claimed),
+            max_slots=self.options.max_concurrent_tasks,
+            cpu_percent=self.cpu.process_percent,
+            high_cpu_percent=self.options.high_cpu_percent,
+        )
+
+    async def _claim(self) -> list[Claim]:
         assert self.queue is not None
-        backoff = 0.1
-        while not self.stopping.is_set():
-            free = claim_budget(
-                free_slots=self.options.max_concurrent_tasks - len(self.running) - self.starting,
-                max_slots=self.options.max_concurrent_tasks,
-                cpu_percent=self.cpu.percent,
-                high_cpu_percent=self.options.high_cpu_percent,
-            )
-            if free <= 0:
-                self.slot_freed.clear()
-                await _wait_any(self.slot_freed, self.stopping, timeout=1.0)
-                continue
-            try:
-                claimed = await self.queue.claim(self.worker_id, self.capabilities, free)
-                if not claimed:
-                    await self.queue.wait_for_work(self.capabilities, timeout=1.0)
-                    continue
-                backoff = 0.1
-            except (RedisError, OSError) as exc:
-                log.warning("redis.unavailable", error=str(exc), retry_in=backoff)
-                await _wait_any(self.stopping, timeout=backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            # Confirm in the background and claim on: waiting for each answer would leave slots
-            # idle for a round trip and send the API batches of one or two.
-            self.starting += len(claimed)
-            confirmation = asyncio.create_task(self._start(claimed))
-            self.start_calls.add(confirmation)
-            confirmation.add_done_callback(self.start_calls.discard)
-
-    async def _start(self, claimed: Sequence[str]) -> None:
+        free = self._free_slots()
+        if free <= 0:
+            return []
         try:
-            answer = await self.api.start(self.worker_id, claimed)
-        except (ConnectionError, OSError, httpx.HTTPStatusError) as exc:
-            # The leases lapse and the sweeper puts these back; nothing is lost by letting go.
-            log.warning("claim.start_failed", task_ids=list(claimed), error=str(exc))
+            claims = await self.queue.claim_scored(self.worker_id, self.capabilities, free)
+        except (RedisError, OSError) as exc:
+            self._pause("redis.unavailable", exc)
+            return []
+        self.claimed.update((c.task_id, c) for c in claims)
+        return claims
+
+    def _take_outbox(self) -> list[TaskReport]:
+        reports = list(itertools.islice(self.outbox.values(), REPORT_BATCH))
+        for report in reports:
+            del self.outbox[report.task_id]
+            self.sending[report.task_id] = report
+        return reports
+
+    async def _exchange(self, reports: list[TaskReport], claims: list[Claim]) -> None:
+        assert self.transport is not None
+        try:
+            answer = await self.transport.exchange(
+                self.worker_id, reports, [c.task_id for c in claims]
+            )
+        except Unavailable as exc:
+            await self._give_back(reports, claims, keep_reports=True)
+            self._pause("exchange.unavailable", exc)
             return
-        finally:
-            self.starting -= len(claimed)
-            self.slot_freed.set()
+        except Rejected as exc:
+            # A 4xx will not get better by retrying. Letting go frees the leases: the tasks are
+            # re-run elsewhere rather than held here forever.
+            log.error("exchange.rejected", error=str(exc), task_ids=[r.task_id for r in reports])
+            await self._give_back(reports, claims, keep_reports=False)
+            return
+        self.backoff = MIN_BACKOFF
+        for report in reports:
+            self.sending.pop(report.task_id, None)
+        for task_id in answer.refused_reports:
+            log.warning("report.refused", task_id=task_id, reason="attempt superseded")
+        for claim in claims:
+            self.claimed.pop(claim.task_id, None)
         for job in answer.started:
-            self.running[job.task_id] = (job, asyncio.create_task(self._run_one(job)))
+            if job.task_id not in self.running:  # a duplicate claim of our own running attempt
+                self.running[job.task_id] = (job, asyncio.create_task(self._run_one(job)))
+
+    async def _give_back(
+        self, reports: list[TaskReport], claims: list[Claim], *, keep_reports: bool
+    ) -> None:
+        """Claims go back to their place in their queues; reports wait for the next exchange."""
+        assert self.queue is not None
+        for report in reports:
+            self.sending.pop(report.task_id, None)
+            if keep_reports:
+                self.outbox[report.task_id] = report
+        try:
+            await self.queue.unclaim(self.worker_id, claims)
+        except (RedisError, OSError) as exc:  # then their leases lapse and the sweeper does it
+            log.warning("claim.unclaim_failed", error=str(exc))
+        for claim in claims:
+            self.claimed.pop(claim.task_id, None)
+
+    def _pause(self, event: str, exc: Exception) -> None:
+        """Stop exchanging for a while: claiming on would drain the queues into lapsing leases,
+        and retrying at once would hammer a scheduler that is down."""
+        log.warning(event, error=str(exc), retry_in=round(self.backoff, 2))
+        self.paused_until = asyncio.get_running_loop().time() + self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+
+    async def _wait_out_pause(self) -> None:
+        remaining = self.paused_until - asyncio.get_running_loop().time()
+        if remaining > 0:
+            await _wait_any(self.hard_stop, timeout=remaining)
+
+    async def _idle(self) -> None:
+        """Wait for a finished attempt, a freed slot or a stop; with free slots, also for new
+        work (a wake-up token from Redis). A second look at the queue follows either way."""
+        assert self.waiter is not None
+        self.wake.clear()
+        waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.wake.wait())]
+        can_claim = self._free_slots() > 0
+        if can_claim:
+            waits.append(self.waiter.arm())
+        try:
+            await asyncio.wait(waits, timeout=IDLE_POLL, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waits[0].cancel()
+        await self.waiter.collect(can_take=self._free_slots() > 0)
 
     async def _run_one(self, job: TaskToRun) -> None:
         with structlog.contextvars.bound_contextvars(
@@ -195,10 +300,9 @@ class WorkerNode:
             except asyncio.CancelledError:
                 report = self._interrupted(job)
             log.info("task.finished", outcome=report.outcome, error=report.error)
-        self.unreported[job.task_id] = report
+        self.outbox[job.task_id] = report
         self.running.pop(job.task_id, None)
-        self.reports.put_nowait(report)
-        self.slot_freed.set()
+        self.wake.set()
 
     def _interrupted(self, job: TaskToRun) -> TaskReport:
         """The attempt was stopped: by a cancel request, or by shutdown (then it is handed back)."""
@@ -236,30 +340,7 @@ class WorkerNode:
         self.cancel_requested.add(job.task_id)
         handle.cancel()
 
-    # --- reporting and heartbeats --------------------------------------------------------------
-
-    async def _report_loop(self) -> None:
-        while True:
-            batch = [await self.reports.get()]
-            while not self.reports.empty() and len(batch) < REPORT_BATCH:
-                batch.append(self.reports.get_nowait())
-            try:
-                await self._send_reports(batch)
-            except httpx.HTTPStatusError as exc:
-                # A 4xx will not get better by retrying. Letting go frees the leases: the tasks
-                # are re-run elsewhere rather than held here forever.
-                log.error(
-                    "report.rejected", status=exc.response.status_code, body=exc.response.text[:500]
-                )
-                for report in batch:
-                    self.unreported.pop(report.task_id, None)
-
-    async def _send_reports(self, batch: list[TaskReport], *, attempts: int | None = None) -> None:
-        answer = await self.api.report(self.worker_id, batch, attempts=attempts)
-        for task_id in answer.refused:
-            log.warning("report.refused", task_id=task_id, reason="attempt superseded")
-        for report in batch:
-            self.unreported.pop(report.task_id, None)
+    # --- heartbeats ----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self, interval: float) -> None:
         while not self.closing.is_set():
@@ -288,18 +369,23 @@ class WorkerNode:
         else:
             log.info("worker.stopping", grace_period=self.options.grace_period)
             self.stopping.set()
+        self.wake.set()
 
     async def _drain(self) -> None:
-        """Let running tasks finish within the grace period; hand the rest back at once."""
-        if self.start_calls:  # claims being confirmed become running tasks (or are refused)
-            await asyncio.wait(self.start_calls, timeout=self.options.grace_period)
+        """Let running tasks finish within the grace period; hand the rest back at once; then
+        let the pump deliver every report (bounded), so the scheduler requeues hand-backs now
+        rather than after their leases expire."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.grace_period
+        while self.claimed and loop.time() < deadline:  # an exchange in flight may start more
+            await asyncio.sleep(0.05)
         running = [t for _job, t in self.running.values()]
         if running:
             all_done = asyncio.ensure_future(asyncio.wait(running))
             hard = asyncio.ensure_future(self.hard_stop.wait())
             await asyncio.wait(
                 [all_done, hard],
-                timeout=self.options.grace_period,
+                timeout=max(0.0, deadline - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             all_done.cancel()
@@ -307,24 +393,63 @@ class WorkerNode:
         for _job, handle in list(self.running.values()):
             handle.cancel()
         await asyncio.gather(*(t for _j, t in list(self.running.values())), return_exceptions=True)
-        # The report loop is still running: wait for it to deliver every outcome, hand-backs
-        # included, so the scheduler requeues them now rather than after their leases expire.
-        deadline = asyncio.get_running_loop().time() + REPORT_FLUSH_SECONDS
-        while self.unreported and asyncio.get_running_loop().time() < deadline:
+        flush_until = loop.time() + REPORT_FLUSH_SECONDS
+        while (self.outbox or self.sending) and loop.time() < flush_until:
             await asyncio.sleep(0.05)
-        if self.unreported:
-            log.warning("worker.unreported_at_exit", task_ids=list(self.unreported))
+        if self.outbox or self.sending:
+            log.warning("worker.unreported_at_exit", task_ids=[*self.outbox, *self.sending])
 
     async def _close(self) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             await self.api.deregister(self.worker_id)
         if self.lease_keeper is not None:
             await asyncio.to_thread(self.lease_keeper.stop)
+        if self.waiter is not None:
+            await self.waiter.close()
+        if self.transport is not None:
+            await self.transport.close()
         if self.queue is not None:
             await self.queue.redis.aclose()
         await self.api.close()
         self.executor.shutdown()
         log.info("worker.stopped", worker_id=self.worker_id)
+
+
+class WorkWaiter:
+    """Keeps one BLPOP on the wake-up lists in flight across the pump's waits: cancelling a
+    blocking command would cost its connection. A token taken while the worker has no free slot
+    is pushed back, so that an idle worker gets it instead of waiting for its own timeout."""
+
+    def __init__(self, queue: RedisQueue, task_types: Sequence[str]) -> None:
+        self.queue = queue
+        self.task_types = list(task_types)
+        self._pending: asyncio.Task[str | None] | None = None
+
+    def arm(self) -> asyncio.Task[str | None]:
+        if self._pending is None:
+            self._pending = asyncio.create_task(
+                self.queue.pop_wake(self.task_types, timeout=IDLE_POLL)
+            )
+        return self._pending
+
+    async def collect(self, *, can_take: bool) -> None:
+        if self._pending is None or not self._pending.done():
+            return
+        done, self._pending = self._pending, None
+        try:
+            key = done.result()
+        except (RedisError, OSError) as exc:
+            log.warning("redis.unavailable", error=str(exc))
+            await asyncio.sleep(MIN_BACKOFF)  # the next claim reports and pauses properly
+            return
+        if key is not None and not can_take:
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.push_wake(key)
+
+    async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            await asyncio.gather(self._pending, return_exceptions=True)
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
@@ -344,7 +469,12 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
     parser.add_argument(
         "--capabilities", default=None, help="comma-separated task types (default: all known)"
     )
-    parser.add_argument("--max-concurrent-tasks", type=int, default=5)
+    parser.add_argument(
+        "--max-concurrent-tasks",
+        type=int,
+        default=settings.max_workers,
+        help="tasks run at once (default: MAX_WORKERS, %(default)s)",
+    )
     parser.add_argument(
         "--tasks", action="append", default=[], help="module with @task handlers (repeatable)"
     )
@@ -353,10 +483,17 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
     )
     parser.add_argument("--heartbeat-interval", type=float, default=None)
     parser.add_argument(
+        "--database-url",
+        default=os.environ.get("WORKER_DATABASE_URL"),
+        help="run the guarded transitions in this process against this database instead of "
+        "through the API (env WORKER_DATABASE_URL; see docs/architecture.md)",
+    )
+    parser.add_argument(
         "--high-cpu-percent",
         type=float,
         default=float(os.environ.get("WORKER_HIGH_CPU_PERCENT", 90)),
-        help="machine CPU %% above which the worker fills only half its slots (>100: never)",
+        help="this worker process's CPU (%% of one core) above which it fills only half its "
+        "slots (>100: never)",
     )
     args = parser.parse_args(argv)
     capabilities = (
@@ -376,6 +513,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         high_cpu_percent=args.high_cpu_percent,
         pool_size=settings.max_workers,
         task_modules=args.tasks,
+        database_url=args.database_url,
     )
 
 

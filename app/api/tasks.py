@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from app.api.deps import CorrelationId, DatabaseDep, SchedulerDep, SettingsDep
 from app.api.errors import field_error, not_found
+from app.api.responses import json_response
+from app.api.stats import decode_cursor, encode_cursor
 from app.database import repositories as repo
 from app.database.admission import AdmissionError
 from app.database.transitions import NotRetryable, UnknownTask
@@ -36,6 +38,7 @@ def _rejected(exc: AdmissionError, *prefix: str | int) -> HTTPException:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=TaskPublic,
     responses={
         200: {"description": "Identical resubmission: the existing task"},
         409: {"description": "task_id exists with a different body"},
@@ -43,16 +46,14 @@ def _rejected(exc: AdmissionError, *prefix: str | int) -> HTTPException:
     },
 )
 async def submit_task(
-    spec: TaskCreate, response: Response, scheduler: SchedulerDep, correlation_id: CorrelationId
-) -> TaskPublic:
+    spec: TaskCreate, scheduler: SchedulerDep, correlation_id: CorrelationId
+) -> Response:
     """Accept a task. It is durable in the database before this answers."""
     try:
         task, created = await scheduler.submit(spec, correlation_id)
     except AdmissionError as exc:
         raise _rejected(exc) from exc
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return task
+    return json_response(task, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.post("/batch", status_code=status.HTTP_201_CREATED)
@@ -82,6 +83,13 @@ async def get_task(task_id: str, db: DatabaseDep) -> TaskPublic:
     return task
 
 
+class TaskListPage(TaskList):
+    """The seed's list shape, plus keyset paging and whether `total` is exact."""
+
+    total_exact: bool
+    next_cursor: str | None
+
+
 @router.get("")
 async def list_tasks(
     db: DatabaseDep,
@@ -90,12 +98,28 @@ async def list_tasks(
     worker_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> TaskList:
-    """Newest first. `total` counts every task matching the filters."""
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> TaskListPage:
+    """Newest first, by offset or by keyset: pass a page's `next_cursor` as `cursor` for the
+    next one, which costs the same however deep it is. `total` counts the matching tasks exactly
+    up to 10,000 past the offset; beyond that `total_exact` is false and more than `total` match
+    (a full count of a million rows on every page is what this avoids)."""
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        raise field_error(422, ["query", "cursor"], str(exc), "invalid_cursor") from exc
     where = repo.TaskFilter(status=status_, task_type=task_type, worker_id=worker_id)
     async with db.read() as conn:
-        tasks, total = await repo.list_tasks(conn, where, limit=limit, offset=offset)
-    return TaskList(tasks=tasks, total=total, limit=limit, offset=offset)
+        page = await repo.list_tasks(conn, where, limit=limit, offset=offset, after=after)
+    last = page.tasks[-1] if page.more else None
+    return TaskListPage(
+        tasks=page.tasks,
+        total=page.total,
+        limit=limit,
+        offset=offset,
+        total_exact=page.total_exact,
+        next_cursor=None if last is None else encode_cursor(last.created_at, last.task_id),
+    )
 
 
 @router.post("/{task_id}/cancel", responses={409: {"description": "the task already finished"}})

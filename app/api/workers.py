@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from app.api.deps import SchedulerDep, SettingsDep, WorkersDep
 from app.api.errors import not_found
+from app.api.responses import json_response
 from app.models.worker import (
+    ExchangeRequest,
+    ExchangeResponse,
     RegisterResponse,
     ReportBatch,
     ReportResponse,
@@ -35,6 +38,8 @@ async def register_worker(
         lease_seconds=settings.lease_seconds,
         lease_renew_interval=settings.lease_renew_every,
         heartbeat_interval=settings.heartbeat_interval,
+        retry_backoff_base=settings.retry_backoff_base,
+        retry_backoff_max=settings.retry_backoff_max,
     )
 
 
@@ -66,6 +71,13 @@ async def report_outcomes(
 ) -> ReportResponse:
     """Record how attempts ended. Reports of superseded attempts come back in `refused`."""
     return await scheduler.report(worker_id, batch.reports)
+
+
+@router.post("/{worker_id}/exchange", response_model=ExchangeResponse)
+async def exchange(worker_id: str, request: ExchangeRequest, scheduler: SchedulerDep) -> Response:
+    """The worker protocol in one round trip: record `reports` and start `claims` in one
+    transaction. A worker sends this whenever it has claimed tasks or finished attempts."""
+    return json_response(await scheduler.exchange(worker_id, request.reports, request.claims))
 
 
 @router.post("/{worker_id}/deregister", status_code=status.HTTP_204_NO_CONTENT)

@@ -66,6 +66,10 @@ class NewTask:
     correlation_id: str | None = None
     scheduled_at: datetime | None = None
     dependencies: list[str] = field(default_factory=list)
+    # A fresh uuid4 made by the API: no stored task can have it, so admission need not look.
+    id_generated: bool = False
+    # When the API received it (a submission may wait for its group's transaction).
+    received_at: datetime | None = None
 
 
 @dataclass
@@ -120,10 +124,13 @@ async def _fresh(conn: AsyncConnection, batch: Sequence[NewTask]) -> list[int]:
                 index, new.task_id, f"earlier in this batch (index {seen[new.task_id]})"
             )
         seen[new.task_id] = index
-    rows = await conn.execute(
-        select(tasks.c.task_id, tasks.c.fingerprint).where(tasks.c.task_id.in_(list(seen)))
-    )
-    stored = {r.task_id: r.fingerprint for r in rows}
+    given = [new.task_id for new in batch if not new.id_generated]
+    stored: dict[str, str] = {}
+    if given:
+        rows = await conn.execute(
+            select(tasks.c.task_id, tasks.c.fingerprint).where(tasks.c.task_id.in_(given))
+        )
+        stored = {r.task_id: r.fingerprint for r in rows}
     for task_id, fingerprint in stored.items():
         if batch[seen[task_id]].fingerprint != fingerprint:
             raise DuplicateTask(seen[task_id], task_id)
@@ -217,7 +224,7 @@ def _row(
         "fingerprint": new.fingerprint,
         "remaining_dependencies": remaining,
         "has_dependents": has_dependents,
-        "created_at": now,
+        "created_at": new.received_at or now,
         "updated_at": now,
         "scheduled_at": new.scheduled_at,
         "started_at": None,

@@ -6,14 +6,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, text, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
-from app.database.tables import attempts, dependencies, tasks, workers
+from app.database.tables import READY_PREDICATE, attempts, dependencies, tasks, workers
 from app.models.task import AttemptPublic, TaskPublic, TaskStatus
 from app.models.worker import WorkerPublic
 
@@ -94,35 +111,199 @@ async def list_dependents(conn: AsyncConnection, task_id: str) -> list[str]:
     return list(rows.scalars())
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Keyset position in a newest-first list: the (created_at, task_id) of the last row shown.
+    Unlike OFFSET, the database seeks straight to it, so page 10 000 costs what page 1 costs."""
+
+    created_at: datetime
+    task_id: str
+
+
+NEWEST_FIRST = (tasks.c.created_at.desc(), tasks.c.task_id.desc())
+
+
+def fixed(value: str | int) -> ColumnElement[Any]:
+    """A filter value written into the SQL text rather than bound. PostgreSQL then plans each
+    (type, status) pair with its own statistics: a cached generic plan for `task_type = $1 AND
+    status = $2` expects an average pair, and may walk the created_at index through every row
+    when the pair is rare. Values are quoted by SQLAlchemy's literal rendering."""
+    return literal(
+        value, type_=Integer() if isinstance(value, int) else String(), literal_execute=True
+    )
+
+
+# The columns a page may be filtered on besides status, each with an index ending in
+# (status, created_at) or cheap to filter on the way (priority).
+FILTERABLE = {
+    "task_type": tasks.c.task_type,
+    "worker_id": tasks.c.worker_id,
+    "priority": tasks.c.priority,
+}
+
+
+def _inline(name: str, type_: Any) -> Any:
+    """A parameter whose value is written into the SQL text at execution (see fixed())."""
+    return bindparam(name, type_=type_, literal_execute=True)
+
+
+def _after() -> ColumnElement[bool]:
+    # Spelt out rather than as a row-value comparison so that `created_at <= :c` stays a plain
+    # range condition both backends can serve from the indexes ending in created_at.
+    created_at = bindparam("after_created_at", type_=tasks.c.created_at.type)
+    return and_(
+        tasks.c.created_at <= created_at,
+        or_(tasks.c.created_at < created_at, tasks.c.task_id < bindparam("after_task_id")),
+    )
+
+
+@dataclass(frozen=True)
+class Page:
+    """Which page of tasks to read, newest first."""
+
+    filters: dict[str, str | int]  # FILTERABLE name -> value
+    statuses: tuple[TaskStatus, ...] = ()
+    after: Cursor | None = None
+    limit: int = 50
+    offset: int = 0
+
+    def statement(self, columns: tuple[Any, ...]) -> tuple[Select[Any], dict[str, Any]]:
+        """The query and its parameters: the statement is built once per shape of page (a split
+        one costs SQLAlchemy about 5 ms to build and key), the values are bound each time."""
+        indexed = {"task_type", "worker_id"} & self.filters.keys()
+        split = len(self.statuses) > 1 or (not self.statuses and bool(indexed))
+        shape = (columns, tuple(sorted(self.filters)), self.statuses, split, self.after is not None)
+        params: dict[str, Any] = {**self.filters, "limit": self.limit, "offset": self.offset}
+        if self.after is not None:
+            params |= {
+                "after_created_at": self.after.created_at,
+                "after_task_id": self.after.task_id,
+            }
+        return _newest_first(*shape), params
+
+
+@lru_cache(maxsize=256)
+def _newest_first(
+    columns: tuple[Any, ...],
+    filters: tuple[str, ...],
+    statuses: tuple[TaskStatus, ...],
+    split: bool,
+    after: bool,
+) -> Select[Any]:
+    """A page of tasks, newest first, that an index serves whatever the filters.
+
+    The indexes end in (status, created_at). With one status the page is a backward range scan of
+    one of them. With several statuses, or none but a type or worker (`split`), the page is one
+    such scan per status, each stopped after `offset + limit` rows, then merged: the alternative,
+    one index per filter without status, would cost an insert on every status change for each."""
+    where = [FILTERABLE[name] == _inline(name, FILTERABLE[name].type) for name in filters]
+    where += [_after()] if after else []
+    # Inline too: a generic plan for LIMIT $1 guesses the limit, and may sort instead of scan.
+    limit, offset = _inline("limit", Integer()), _inline("offset", Integer())
+    if not split:
+        where += [tasks.c.status == fixed(statuses[0].value)] if statuses else []
+        return select(*columns).where(*where).order_by(*NEWEST_FIRST).limit(limit).offset(offset)
+    # The branches select only the keys; the page's rows are joined to them by primary key.
+    branches = [
+        select(tasks.c.task_id, tasks.c.created_at)
+        .where(*where, tasks.c.status == fixed(status.value))
+        .order_by(*NEWEST_FIRST)
+        .limit(limit + offset)
+        .subquery()
+        for status in statuses or tuple(TaskStatus)
+    ]
+    # SQLite accepts ORDER BY and LIMIT in a compound member only inside a subquery.
+    merged = union_all(*(select(b.c.task_id, b.c.created_at) for b in branches)).subquery()
+    keys = (
+        select(merged.c.task_id)
+        .order_by(merged.c.created_at.desc(), merged.c.task_id.desc())
+        .limit(limit + offset)
+        .subquery()
+    )
+    return (
+        select(*columns)
+        .join(keys, tasks.c.task_id == keys.c.task_id)
+        .order_by(*NEWEST_FIRST)
+        .limit(limit)
+        .offset(offset)
+    )
+
+
 @dataclass
 class TaskFilter:
     status: TaskStatus | None = None
     task_type: str | None = None
     worker_id: str | None = None
 
-    def apply(self, query: Any) -> Any:
-        if self.status is not None:
-            query = query.where(tasks.c.status == self.status)
+    def values(self) -> dict[str, str | int]:
+        """The filters other than status, by FILTERABLE name."""
+        found: dict[str, str | int] = {}
         if self.task_type is not None:
-            query = query.where(tasks.c.task_type == self.task_type)
+            found["task_type"] = self.task_type
         if self.worker_id is not None:
-            query = query.where(tasks.c.worker_id == self.worker_id)
-        return query
+            found["worker_id"] = self.worker_id
+        return found
+
+    @property
+    def countable(self) -> bool:
+        """Whether one index holds every filtered column, so that a count reads only its
+        entries. Type and worker together have none: counting them reads both ranges."""
+        return self.task_type is None or self.worker_id is None
+
+
+# GET /api/tasks counts matching tasks up to this many past the offset: exact for any list a
+# person pages through, and a bounded index range however many tasks match (a full count(*)
+# reads a million index entries).
+COUNT_CAP = 10_000
+
+
+@dataclass
+class TaskListing:
+    tasks: list[TaskPublic]
+    total: int
+    total_exact: bool  # false: at least `total` tasks match (the count stopped at the cap)
+    more: bool  # more tasks follow this page
+
+
+async def count_capped(conn: AsyncConnection, where: TaskFilter, *, cap: int) -> int:
+    """Matching tasks, counted up to `cap`: a count over a LIMITed subquery stops reading there."""
+    conditions = [FILTERABLE[name] == fixed(value) for name, value in where.values().items()]
+    if where.status is not None:
+        conditions.append(tasks.c.status == fixed(where.status.value))
+    matching = (
+        select(literal_column("1")).select_from(tasks).where(*conditions).limit(cap).subquery()
+    )
+    counted: int = (await conn.execute(select(func.count()).select_from(matching))).scalar_one()
+    return counted
 
 
 async def list_tasks(
-    conn: AsyncConnection, where: TaskFilter, *, limit: int, offset: int
-) -> tuple[list[TaskPublic], int]:
-    total: int = (
-        await conn.execute(where.apply(select(func.count()).select_from(tasks)))
-    ).scalar_one()
-    page = await conn.execute(
-        where.apply(select(tasks))
-        .order_by(tasks.c.created_at.desc(), tasks.c.task_id)
-        .limit(limit)
-        .offset(offset)
+    conn: AsyncConnection,
+    where: TaskFilter,
+    *,
+    limit: int,
+    offset: int = 0,
+    after: Cursor | None = None,
+) -> TaskListing:
+    """A page of full tasks, newest first, by offset or after a keyset cursor (then offset is
+    counted from the cursor). `total` is exact up to COUNT_CAP tasks past the offset when one
+    index covers the filters; otherwise it is what this page shows (exact on the last page)."""
+    page = Page(
+        where.values(),
+        statuses=() if where.status is None else (where.status,),
+        after=after,
+        limit=limit + 1,
+        offset=offset,
     )
-    return [to_public(r, None) for r in page], int(total)
+    rows = (await conn.execute(*page.statement((tasks,)))).all()
+    found = [to_public(r, None) for r in rows[:limit]]
+    more = len(rows) > limit
+    if not where.countable:
+        shown = offset + len(found)
+        return TaskListing(found, total=shown + int(more), total_exact=not more, more=more)
+    cap = offset + COUNT_CAP
+    counted = await count_capped(conn, where, cap=cap + 1)
+    return TaskListing(found, total=min(counted, cap), total_exact=counted <= cap, more=more)
 
 
 async def dependency_results(
@@ -157,31 +338,57 @@ async def task_heads(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str
     return {r.task_id: r for r in rows}
 
 
-async def pending_ready_after(conn: AsyncConnection, after: str, *, limit: int) -> list[Row[Any]]:
-    """A page of pending tasks with no open dependency, in task-id order (a reconcile cursor)."""
-    rows = await conn.execute(
-        select(
-            tasks.c.task_id,
-            tasks.c.task_type,
-            tasks.c.priority,
-            tasks.c.scheduled_at,
-            tasks.c.updated_at,
+@dataclass(frozen=True)
+class ReadyKey:
+    """Position in the reconciliation index: (updated_at, task_id) of the last row read."""
+
+    updated_at: datetime
+    task_id: str
+
+    def token(self) -> str:
+        return f"{self.updated_at.isoformat()} {self.task_id}"
+
+    @classmethod
+    def parse(cls, token: str) -> ReadyKey | None:
+        """The inverse of token(); None for the empty token (the start of the index)."""
+        if not token:
+            return None
+        stamp, task_id = token.split(" ", 1)
+        return cls(datetime.fromisoformat(stamp), task_id)
+
+
+async def pending_ready_after(
+    conn: AsyncConnection,
+    after: ReadyKey | None,
+    *,
+    changed_before: datetime | None = None,
+    limit: int,
+) -> list[Row[Any]]:
+    """A page of pending tasks with no open dependency in the order they last changed, from just
+    after `after`, and only those changed before `changed_before` if given. It reads `limit`
+    entries of ix_tasks_ready_updated_at, however many other tasks there are."""
+    query = select(
+        tasks.c.task_id,
+        tasks.c.task_type,
+        tasks.c.priority,
+        tasks.c.scheduled_at,
+        tasks.c.updated_at,
+    ).where(text(READY_PREDICATE))
+    if after is not None:
+        # A row value, so that the seek is one index condition on (updated_at, task_id).
+        query = query.where(
+            tuple_(tasks.c.updated_at, tasks.c.task_id) > tuple_(after.updated_at, after.task_id)
         )
-        .where(
-            tasks.c.status == TaskStatus.PENDING,
-            tasks.c.remaining_dependencies == 0,
-            tasks.c.task_id > after,
-        )
-        .order_by(tasks.c.task_id)
-        .limit(limit)
-    )
+    if changed_before is not None:
+        query = query.where(tasks.c.updated_at < changed_before)
+    rows = await conn.execute(query.order_by(tasks.c.updated_at, tasks.c.task_id).limit(limit))
     return list(rows)
 
 
 async def running_past_lease(conn: AsyncConnection, now: datetime, *, limit: int) -> list[Row[Any]]:
     """Running tasks whose database lease ran out: the backstop for a Redis lease gone missing."""
     rows = await conn.execute(
-        select(tasks.c.task_id, tasks.c.task_type, tasks.c.worker_id)
+        select(tasks.c.task_id, tasks.c.task_type, tasks.c.worker_id, tasks.c.attempt)
         .where(tasks.c.status == TaskStatus.RUNNING, tasks.c.lease_expires_at < now)
         .limit(limit)
     )
@@ -190,7 +397,7 @@ async def running_past_lease(conn: AsyncConnection, now: datetime, *, limit: int
 
 async def running_after(conn: AsyncConnection, after: str, *, limit: int) -> list[Row[Any]]:
     rows = await conn.execute(
-        select(tasks.c.task_id, tasks.c.worker_id)
+        select(tasks.c.task_id, tasks.c.worker_id, tasks.c.attempt)
         .where(tasks.c.status == TaskStatus.RUNNING, tasks.c.task_id > after)
         .order_by(tasks.c.task_id)
         .limit(limit)

@@ -1,9 +1,11 @@
 """Read-only aggregates for the dashboard. Every query is bounded by an index on `tasks`:
-(task_type, status) for the counts, (status, created_at) for the time windows and for paging.
+(task_type, status, created_at) for the counts, completed_at for tasks that finished in a window,
+created_at for submissions, and the indexes ending in (status, created_at) for paging.
 
-Timestamps become numbers in SQL only where rows must be grouped by time (the buckets); the one
-expression that differs between SQLite and PostgreSQL is `_epoch`. Percentiles are computed by the
-caller over a bounded sample, because the two backends share no percentile function."""
+Timestamps become numbers in SQL only where rows must be grouped by time (the buckets); what
+differs between SQLite and PostgreSQL is `_epoch` and `_bin`. Percentiles are computed by the
+caller from histograms or bounded samples, because the two backends share no percentile
+function."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, Integer, Text, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Integer, Select, Text, and_, bindparam, case, cast, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.database.repositories import Cursor, Page
 from app.database.tables import tasks
 from app.models.task import TaskStatus
 
@@ -26,9 +30,11 @@ RESULT_PREVIEW = 200
 
 
 def _epoch(column: Any, dialect: str) -> ColumnElement[Any]:
-    """Seconds since 1970 as a float. SQLite stores UTC text, PostgreSQL a timestamptz."""
+    """Seconds since 1970 as a float. SQLite stores UTC text, PostgreSQL a timestamptz.
+    date_part, not EXTRACT: EXTRACT returns numeric, and numeric arithmetic on every row of a
+    day's window cost about half of the time series' time."""
     if dialect == "postgresql":
-        return cast(func.extract("epoch", column), Float())
+        return cast(func.date_part("epoch", column), Float())
     return (func.julianday(column) - JULIAN_UNIX_EPOCH) * 86400.0
 
 
@@ -59,13 +65,6 @@ async def pending_by_priority(conn: AsyncConnection) -> list[Row[Any]]:
     return list(await conn.execute(query))
 
 
-# How long before a window a task may have been submitted and still be counted when it finishes
-# inside it. There is no index on completed_at, so the (status, created_at) index bounds the scan
-# instead; a task submitted earlier than this is missing from the time series even when it ends
-# inside the window (an index on completed_at would remove both the bound and the gap).
-LOOKBACK = timedelta(hours=1)
-
-
 @dataclass(frozen=True)
 class Window:
     """A time window cut into equal buckets."""
@@ -73,10 +72,6 @@ class Window:
     since: datetime
     until: datetime
     bucket_seconds: int
-
-    @property
-    def lookback_start(self) -> datetime:
-        return self.since - LOOKBACK
 
     @property
     def buckets(self) -> int:
@@ -88,11 +83,12 @@ class Window:
 
 
 def _finished_in(window: Window) -> ColumnElement[bool]:
+    """Tasks that reached a final status in the window, however long ago they were submitted: a
+    range of ix_tasks_finished_completed_at (only finished tasks have completed_at)."""
     return and_(
-        tasks.c.status.in_(FINISHED),
-        tasks.c.created_at >= window.lookback_start,
         tasks.c.completed_at >= window.since,
         tasks.c.completed_at < window.until,
+        tasks.c.status.in_(FINISHED),
     )
 
 
@@ -105,12 +101,65 @@ LATENCY_EDGES: tuple[float, ...] = (
 )
 
 
-def _bin(seconds: Any) -> ColumnElement[int]:
+def _case_bin(seconds: Any) -> ColumnElement[int]:
     """Index of the LATENCY_EDGES bin that a duration falls in; NULL when it is NULL."""
     return case(
         (seconds.is_(None), None),
         *((seconds < edge, i) for i, edge in enumerate(LATENCY_EDGES)),
         else_=len(LATENCY_EDGES),
+    )
+
+
+def _binned_postgresql(window: Window) -> Select[Any]:
+    """(bucket, status, wait_bin, run_bin) per finished task. width_bucket finds the bin by binary
+    search in C, where the portable CASE tests up to 23 conditions per duration."""
+    edges = bindparam("edges", list(LATENCY_EDGES), type_=ARRAY(Float()))
+    created, started, ended = (
+        _epoch(column, "postgresql")
+        for column in (tasks.c.created_at, tasks.c.started_at, tasks.c.completed_at)
+    )
+    bucket = _bucket(
+        tasks.c.completed_at,
+        since=window.since,
+        seconds=window.bucket_seconds,
+        dialect="postgresql",
+    )
+    return select(
+        bucket.label("bucket"),
+        tasks.c.status,
+        func.width_bucket(started - created, edges).label("wait_bin"),
+        func.width_bucket(ended - started, edges).label("run_bin"),
+    ).where(_finished_in(window))
+
+
+def _binned_sqlite(window: Window) -> Select[Any]:
+    """As _binned_postgresql, with portable CASE bins. The durations are a MATERIALIZED CTE:
+    inlined, every CASE branch would recompute them from the timestamps."""
+    created, started, ended = (
+        _epoch(column, "sqlite")
+        for column in (tasks.c.created_at, tasks.c.started_at, tasks.c.completed_at)
+    )
+    durations = (
+        select(
+            _bucket(
+                tasks.c.completed_at,
+                since=window.since,
+                seconds=window.bucket_seconds,
+                dialect="sqlite",
+            ).label("bucket"),
+            tasks.c.status,
+            (started - created).label("wait"),
+            (ended - started).label("run"),
+        )
+        .where(_finished_in(window))
+        .cte("durations")
+        .prefix_with("MATERIALIZED")
+    )
+    return select(
+        durations.c.bucket,
+        durations.c.status,
+        _case_bin(durations.c.wait).label("wait_bin"),
+        _case_bin(durations.c.run).label("run_bin"),
     )
 
 
@@ -121,36 +170,12 @@ async def finished_histogram(conn: AsyncConnection, window: Window) -> list[Row[
     One pass over the window gives exact counts and bounded-error percentiles; the alternative,
     a sample of rows ranked per bucket, cost over a second at a million tasks (the ranking sort
     and turning every sampled timestamp into a Python datetime)."""
-    dialect = conn.dialect.name
-    created, started, ended = (
-        _epoch(column, dialect)
-        for column in (tasks.c.created_at, tasks.c.started_at, tasks.c.completed_at)
-    )
-    # MATERIALIZED keeps each duration computed once: inlined, every CASE branch would recompute
-    # it from the timestamps.
-    durations = (
-        select(
-            _bucket(
-                tasks.c.completed_at,
-                since=window.since,
-                seconds=window.bucket_seconds,
-                dialect=dialect,
-            ).label("bucket"),
-            tasks.c.status,
-            (started - created).label("wait"),
-            (ended - started).label("run"),
-        )
-        .where(_finished_in(window))
-        .cte("durations")
-        .prefix_with("MATERIALIZED")
-    )
-    wait_bin, run_bin = (
-        _bin(durations.c.wait).label("wait_bin"),
-        _bin(durations.c.run).label("run_bin"),
-    )
-    query = select(
-        durations.c.bucket, durations.c.status, wait_bin, run_bin, func.count().label("n")
-    ).group_by(durations.c.bucket, durations.c.status, wait_bin, run_bin)
+    if conn.dialect.name == "postgresql":
+        binned = _binned_postgresql(window).subquery()
+    else:
+        binned = _binned_sqlite(window).subquery()
+    keys = (binned.c.bucket, binned.c.status, binned.c.wait_bin, binned.c.run_bin)
+    query = select(*keys, func.count().label("n")).group_by(*keys)
     return list(await conn.execute(query))
 
 
@@ -201,63 +226,45 @@ class PageFilter:
     priority: int | None = None
 
 
-@dataclass(frozen=True)
-class Cursor:
-    """Keyset position: the (created_at, task_id) of the last row of the previous page. Unlike
-    OFFSET, the database seeks straight to it, so page 10 000 costs what page 1 costs."""
-
-    created_at: datetime
-    task_id: str
-
-
-def _filtered(query: Any, where: PageFilter) -> Any:
-    if where.statuses:
-        query = query.where(tasks.c.status.in_(where.statuses))
+def _values(where: PageFilter) -> dict[str, str | int]:
+    found: dict[str, str | int] = {}
     if where.task_type is not None:
-        query = query.where(tasks.c.task_type == where.task_type)
+        found["task_type"] = where.task_type
     if where.worker_id is not None:
-        query = query.where(tasks.c.worker_id == where.worker_id)
+        found["worker_id"] = where.worker_id
     if where.priority is not None:
-        query = query.where(tasks.c.priority == where.priority)
-    return query
+        found["priority"] = where.priority
+    return found
 
 
-def _after(cursor: Cursor) -> ColumnElement[bool]:
-    # Spelt out rather than as a row-value comparison so that `created_at <= :c` stays a plain
-    # range condition both backends can serve from the created_at indexes.
-    return and_(
-        tasks.c.created_at <= cursor.created_at,
-        or_(
-            tasks.c.created_at < cursor.created_at,
-            tasks.c.task_id < cursor.task_id,
-        ),
-    )
+# What a row of the dashboard's task table holds. No payload, and the result only as its first
+# RESULT_PREVIEW characters of JSON text, cut in SQL: a page of large results would otherwise
+# cost megabytes. One tuple for the module's life, so that its statements are built once.
+SUMMARY_COLUMNS = (
+    tasks.c.task_id,
+    tasks.c.task_type,
+    tasks.c.status,
+    tasks.c.priority,
+    tasks.c.worker_id,
+    tasks.c.attempt,
+    tasks.c.max_retries,
+    tasks.c.created_at,
+    tasks.c.started_at,
+    tasks.c.completed_at,
+    tasks.c.error,
+    func.substr(cast(tasks.c.result, Text), 1, RESULT_PREVIEW).label("result_preview"),
+)
 
 
 async def task_page(
     conn: AsyncConnection, where: PageFilter, *, after: Cursor | None, limit: int
 ) -> list[Row[Any]]:
-    """One page of task summaries, newest first, with one row more than asked when more follow.
-    The payload is never read and the result only as its first RESULT_PREVIEW characters of JSON
-    text, cut in SQL: a page of large results would otherwise cost megabytes."""
-    query = _filtered(
-        select(
-            tasks.c.task_id,
-            tasks.c.task_type,
-            tasks.c.status,
-            tasks.c.priority,
-            tasks.c.worker_id,
-            tasks.c.attempt,
-            tasks.c.max_retries,
-            tasks.c.created_at,
-            tasks.c.started_at,
-            tasks.c.completed_at,
-            tasks.c.error,
-            func.substr(cast(tasks.c.result, Text), 1, RESULT_PREVIEW).label("result_preview"),
-        ),
-        where,
+    """One page of task summaries (SUMMARY_COLUMNS), newest first, with one row more than asked
+    when more follow."""
+    page = Page(
+        _values(where),
+        statuses=tuple(dict.fromkeys(where.statuses)),
+        after=after,
+        limit=limit + 1,
     )
-    if after is not None:
-        query = query.where(_after(after))
-    query = query.order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc()).limit(limit + 1)
-    return list(await conn.execute(query))
+    return list(await conn.execute(*page.statement(SUMMARY_COLUMNS)))

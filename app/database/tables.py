@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -41,6 +42,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+
+# Pending and ready to run: the rows of the reconciliation index. Queries repeat it as literal
+# SQL, because a partial index serves only queries whose WHERE implies its predicate, and a bound
+# parameter ('status = $1') does not imply it for the planner.
+READY_PREDICATE = "status = 'pending' AND remaining_dependencies = 0"
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -84,11 +90,46 @@ class TaskRow(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    # Every index costs an insert on each status change that is not a HOT update (status is
+    # indexed, so most are not), hence few, narrow ones. Partial indexes skip the rows whose new
+    # version falls outside their predicate: pending rows never enter the worker or completed_at
+    # index, and only pending ready rows enter the reconciliation index. On PostgreSQL, migration
+    # 0002 also adds extended statistics on (task_type, status) and (worker_id, status).
     __table_args__ = (
+        # Status pages newest first (GET /api/tasks?status=...), counts and windows per status.
         Index(None, "status", "created_at"),
-        Index(None, "task_type", "status"),
-        Index(None, "worker_id", "status"),
+        # Pages of one type, newest first: one index range per status, merged (see
+        # repositories._newest_first); the prefix also gives the per-type counts index-only.
+        Index(None, "task_type", "status", "created_at"),
+        # The same for one worker. Pending rows have no worker, so they stay out of it.
+        Index(
+            None,
+            "worker_id",
+            "status",
+            "created_at",
+            postgresql_where=text("worker_id IS NOT NULL"),
+            sqlite_where=text("worker_id IS NOT NULL"),
+        ),
+        # Unfiltered pages newest first, and submissions per time bucket.
         Index(None, "created_at"),
+        # Tasks that finished in a time window (the dashboard's time series): only finished rows
+        # have completed_at, so each task enters it once, when it ends.
+        Index(
+            "ix_tasks_finished_completed_at",
+            "completed_at",
+            postgresql_where=text("completed_at IS NOT NULL"),
+            sqlite_where=text("completed_at IS NOT NULL"),
+        ),
+        # Reconciliation: pending tasks with no open dependency in the order they last changed,
+        # so recently changed ones are checked first and the full sweep pages by keyset. The
+        # predicate is written out literally in the queries that use it (READY_PREDICATE).
+        Index(
+            "ix_tasks_ready_updated_at",
+            "updated_at",
+            "task_id",
+            postgresql_where=text(READY_PREDICATE),
+            sqlite_where=text(READY_PREDICATE),
+        ),
     )
 
 

@@ -6,14 +6,17 @@ The edges follow app.models.task.TRANSITIONS."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, text, update
+import orjson
+from sqlalchemy import Boolean, bindparam, column, exists, insert, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 from app.database.tables import attempts, dependencies, tasks
 from app.models.task import FINAL_STATUSES, AttemptOutcome, ReadyTask, TaskStatus
@@ -43,9 +46,70 @@ async def start(
     now: datetime,
     lease_until: datetime,
 ) -> list[Row[Any]]:
-    """pending -> running for claimed tasks still pending and ready; opens an attempt each."""
-    # One statement for the whole claim batch; attempt + 1 is the fencing token of this run.
-    rows = (
+    """pending -> running for claimed tasks still pending and ready; opens an attempt each.
+    A task this worker already runs comes back as it is (same attempt, nothing written): a start
+    whose answer was lost and is asked again must not turn the worker's own attempt away."""
+    if not task_ids:
+        return []
+    if _dialect(conn) == "postgresql":
+        values = {"ids": list(task_ids), "worker_id": worker_id, "now": now}
+        rows = list(await conn.execute(START_PG, {**values, "lease_until": lease_until}))
+    else:
+        rows = await _start_portable(
+            conn, task_ids, worker_id=worker_id, now=now, lease_until=lease_until
+        )
+    if len(rows) < len(task_ids):
+        rows += await _already_running(conn, task_ids, {r.task_id for r in rows}, worker_id)
+    return rows
+
+
+# PostgreSQL: the start of a whole claim batch and its attempt rows in one round trip (a
+# data-modifying CTE). attempt + 1 is the fencing token of this run.
+START_PG = (
+    text(
+        """
+        WITH started AS (
+            UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = :worker_id,
+                started_at = :now, updated_at = :now, lease_expires_at = :lease_until
+            WHERE task_id = ANY(CAST(:ids AS TEXT[]))
+                AND status = 'pending' AND remaining_dependencies = 0
+            RETURNING task_id, task_type, payload, attempt, timeout, correlation_id, created_at,
+                EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = tasks.task_id)
+                    AS has_dependencies
+        ), opened AS (
+            INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome)
+            SELECT task_id, attempt, :worker_id, :now, 'running' FROM started
+        )
+        SELECT * FROM started
+        """
+    )
+    .bindparams(
+        bindparam("now", type_=tasks.c.updated_at.type),
+        bindparam("lease_until", type_=tasks.c.updated_at.type),
+    )
+    .columns(
+        tasks.c.task_id,
+        tasks.c.task_type,
+        tasks.c.payload,
+        tasks.c.attempt,
+        tasks.c.timeout,
+        tasks.c.correlation_id,
+        tasks.c.created_at,
+        column("has_dependencies", Boolean),
+    )
+)
+
+
+async def _start_portable(
+    conn: AsyncConnection,
+    task_ids: Sequence[str],
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> list[Row[Any]]:
+    """The same as START_PG in two statements, for SQLite (no data-modifying CTEs)."""
+    rows = list(
         await conn.execute(
             update(tasks)
             .where(
@@ -61,19 +125,11 @@ async def start(
                 updated_at=now,
                 lease_expires_at=lease_until,
             )
-            .returning(
-                tasks.c.task_id,
-                tasks.c.task_type,
-                tasks.c.payload,
-                tasks.c.attempt,
-                tasks.c.timeout,
-                tasks.c.correlation_id,
-                tasks.c.created_at,
-            )
+            .returning(*STARTED)
         )
-    ).all()
+    )
     if rows:
-        # Records this attempt's start; its end is filled in by _end_attempt.
+        # Records this attempt's start; its end is filled in by end_attempts.
         await conn.execute(
             insert(attempts),
             [
@@ -87,33 +143,95 @@ async def start(
                 for r in rows
             ],
         )
-    return list(rows)
+    return rows
 
 
-async def complete(
-    conn: AsyncConnection, task_id: str, attempt: int, *, result: Any, now: datetime
-) -> list[ReadyTask] | None:
-    """running -> completed for the current attempt. Returns the dependents this made ready,
-    or None when the report was stale."""
-    row = (
-        await conn.execute(
-            update(tasks)
-            .where(tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt)
-            .values(
-                status=C,
-                result=result,
-                error=None,
-                completed_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-            )
-            .returning(tasks.c.has_dependents)
+# What a worker needs to run an attempt; `has_dependencies` saves the dependency-results query
+# for the common task that has none.
+STARTED = (
+    tasks.c.task_id,
+    tasks.c.task_type,
+    tasks.c.payload,
+    tasks.c.attempt,
+    tasks.c.timeout,
+    tasks.c.correlation_id,
+    tasks.c.created_at,
+    exists()
+    .where(dependencies.c.task_id == tasks.c.task_id)
+    .correlate(tasks)
+    .label("has_dependencies"),
+)
+
+
+async def _already_running(
+    conn: AsyncConnection, task_ids: Sequence[str], started: set[str], worker_id: str
+) -> list[Row[Any]]:
+    others = [t for t in task_ids if t not in started]
+    found = await conn.execute(
+        select(*STARTED).where(
+            tasks.c.task_id.in_(others), tasks.c.status == R, tasks.c.worker_id == worker_id
         )
-    ).first()
-    if row is None:
-        return None
-    await _end_attempt(conn, task_id, attempt, AttemptOutcome.COMPLETED, None, now)
-    return await _release_dependents(conn, task_id, now) if row.has_dependents else []
+    )
+    return list(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    task_id: str
+    attempt: int
+    result: Any
+
+
+async def complete_many(
+    conn: AsyncConnection, done: Sequence[Completion], *, worker_id: str, now: datetime
+) -> tuple[list[str], list[ReadyTask]]:
+    """running -> completed for a batch of reports, in one statement guarded per row (current
+    attempt, still running, run by this worker); their attempts are closed with them. Returns
+    the ids recorded (the others were stale) and the dependents this made ready."""
+    if not done:
+        return [], []
+    dialect = _dialect(conn)
+    source, params = rows_source(
+        conn,
+        "v",
+        [("task_id", "TEXT"), ("attempt", "INTEGER"), ("result", RESULT_TYPE[dialect])],
+        [(c.task_id, c.attempt, _json_text(c.result)) for c in done],
+    )
+    statement = _complete_statement(dialect, source)
+    rows = (await conn.execute(statement, {**params, "now": now, "worker_id": worker_id})).all()
+    if dialect != "postgresql":
+        ended = [(r.task_id, r.attempt, AttemptOutcome.COMPLETED, None) for r in rows]
+        await end_attempts(conn, ended, now=now)
+    ready: list[ReadyTask] = []
+    for r in rows:
+        if r.has_dependents:
+            ready += await _release_dependents(conn, r.task_id, now)
+    return [r.task_id for r in rows], ready
+
+
+@functools.lru_cache(maxsize=256)
+def _complete_statement(dialect: str, source: str) -> TextClause:
+    """The statement of complete_many, built once per row source (on PostgreSQL there is only
+    one: the arrays make the text the same for every batch)."""
+    complete = f"""
+        UPDATE tasks SET status = 'completed', result = v.result, error = NULL,
+            completed_at = :now, updated_at = :now, lease_expires_at = NULL
+        FROM {source}
+        WHERE tasks.task_id = v.task_id AND tasks.attempt = v.attempt
+            AND tasks.status = 'running' AND tasks.worker_id = :worker_id
+        RETURNING tasks.task_id, tasks.attempt, tasks.has_dependents
+    """
+    if dialect == "postgresql":
+        # The attempts close in the same round trip (a data-modifying CTE).
+        complete = f"""
+            WITH done AS ({complete}), closed AS (
+                UPDATE task_attempts a SET outcome = 'completed', error = NULL, ended_at = :now
+                FROM done WHERE a.task_id = done.task_id AND a.attempt = done.attempt
+                    AND a.outcome = 'running'
+            )
+            SELECT * FROM done
+        """
+    return text(complete).bindparams(bindparam("now", type_=tasks.c.updated_at.type))
 
 
 async def _release_dependents(
@@ -258,15 +376,69 @@ async def _end_attempt(
     error: str | None,
     now: datetime,
 ) -> None:
-    # Only an open attempt is closed: the history of a finished attempt is never rewritten.
-    await conn.execute(
-        update(attempts)
-        .where(
-            and_(attempts.c.task_id == task_id, attempts.c.attempt == attempt),
-            attempts.c.outcome == AttemptOutcome.RUNNING,
-        )
-        .values(outcome=outcome, error=error, ended_at=now)
+    await end_attempts(conn, [(task_id, attempt, outcome, error)], now=now)
+
+
+async def end_attempts(
+    conn: AsyncConnection,
+    ended: Sequence[tuple[str, int, AttemptOutcome, str | None]],
+    *,
+    now: datetime,
+) -> None:
+    """Close attempts (task_id, attempt, outcome, error) in one statement. Only an open attempt
+    is closed: the history of a finished attempt is never rewritten."""
+    if not ended:
+        return
+    source, params = rows_source(
+        conn,
+        "v",
+        [("task_id", "TEXT"), ("attempt", "INTEGER"), ("outcome", "TEXT"), ("error", "TEXT")],
+        [(t, a, str(o), e) for t, a, o, e in ended],
     )
+    statement = text(
+        f"""
+        UPDATE task_attempts SET outcome = v.outcome, error = v.error, ended_at = :now
+        FROM {source}
+        WHERE task_attempts.task_id = v.task_id AND task_attempts.attempt = v.attempt
+            AND task_attempts.outcome = 'running'
+        """
+    ).bindparams(bindparam("now", type_=attempts.c.ended_at.type))
+    await conn.execute(statement, {**params, "now": now})
+
+
+# Per-row values of a set-based statement travel as one array per column on PostgreSQL (a
+# constant statement, prepared once), and as a VALUES list on SQLite, which has no arrays.
+RESULT_TYPE = {"postgresql": "JSONB", "sqlite": "TEXT"}
+
+
+def _dialect(conn: AsyncConnection) -> str:
+    return conn.dialect.name
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def rows_source(
+    conn: AsyncConnection,
+    name: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[Any]],
+) -> tuple[str, dict[str, Any]]:
+    """A FROM item named `name` with the given (column, SQL type) columns holding `rows`, and
+    its bind parameters."""
+    names = ", ".join(column for column, _type in columns)
+    if _dialect(conn) == "postgresql":
+        arrays = ", ".join(f"CAST(:{name}_{c} AS {t}[])" for c, t in columns)
+        params = {f"{name}_{c}": [row[i] for row in rows] for i, (c, _t) in enumerate(columns)}
+        return f"unnest({arrays}) AS {name}({names})", params
+    params = {f"{name}_{r}_{i}": value for r, row in enumerate(rows) for i, value in enumerate(row)}
+    values = ", ".join(
+        "(" + ", ".join(f":{name}_{r}_{i}" for i in range(len(columns))) + ")"
+        for r in range(len(rows))
+    )
+    aliases = ", ".join(f"column{i + 1} AS {c}" for i, (c, _t) in enumerate(columns))
+    return f"(SELECT {aliases} FROM (VALUES {values})) AS {name}", params
 
 
 @dataclass(frozen=True)

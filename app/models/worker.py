@@ -66,6 +66,8 @@ class RegisterResponse(BaseModel):
     lease_seconds: float
     lease_renew_interval: float
     heartbeat_interval: float
+    retry_backoff_base: float
+    retry_backoff_max: float
 
 
 class StartRequest(BaseModel):
@@ -90,3 +92,22 @@ class ReportBatch(BaseModel):
 class ReportResponse(BaseModel):
     accepted: list[str]
     refused: list[str]
+
+
+class ExchangeRequest(BaseModel):
+    """One round trip of the worker protocol: how attempts ended, and what was just claimed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reports: list[TaskReport] = Field(default_factory=list, max_length=10_000)
+    claims: list[Name] = Field(default_factory=list, max_length=10_000)
+
+
+class ExchangeResponse(BaseModel):
+    """`started`: claims that became attempts (run them); `refused_claims`: drop them.
+    `accepted`: reports recorded; `refused_reports`: their attempts were superseded."""
+
+    started: list[TaskToRun] = Field(default_factory=list)
+    refused_claims: list[str] = Field(default_factory=list)
+    accepted: list[str] = Field(default_factory=list)
+    refused_reports: list[str] = Field(default_factory=list)

@@ -6,6 +6,7 @@ Redis structures is one Lua script so that no task is ever in two places or in n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -21,13 +22,36 @@ LUA_DIR = Path(__file__).with_name("lua")
 STRICT_PRIORITY_BAND_US = 10**13  # larger than any wait: priority always wins, FIFO within it
 
 
+# A lease is owned by one attempt: '<worker_id>#<attempt>' ('#' cannot occur in a worker id).
+# Attempt 0 is a claim the database has not started yet. Only the owning attempt's messages may
+# renew or drop a lease, so a late message from a superseded attempt never frees its successor's.
+Lease = tuple[str, str]  # (task_id, token)
+
+
+def lease_token(worker_id: str, attempt: int) -> str:
+    return f"{worker_id}#{attempt}"
+
+
+def claim_token(worker_id: str) -> str:
+    return lease_token(worker_id, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed task id, with its queue and its score there (to hand it back in place)."""
+
+    task_id: str
+    queue_key: str
+    score: str
+
+
 class TaskQueue(Protocol):
     async def enqueue(self, tasks: Sequence[ReadyTask]) -> None: ...
     async def claim(self, worker_id: str, task_types: Sequence[str], count: int) -> list[str]: ...
-    async def renew(self, worker_id: str, task_ids: Sequence[str]) -> list[str]: ...
-    async def release(self, task_ids: Sequence[str], worker_id: str = "") -> None: ...
-    async def requeue(self, task: ReadyTask) -> None: ...
-    async def wait_for_work(self, task_types: Sequence[str], timeout: float) -> None: ...
+    async def renew(self, leases: Sequence[Lease]) -> list[str]: ...
+    async def release(self, leases: Sequence[Lease]) -> None: ...
+    async def requeue(self, task: ReadyTask, token: str = "") -> None: ...
+    async def pop_wake(self, task_types: Sequence[str], timeout: float) -> str | None: ...
 
 
 def aging_band_us(aging_seconds: float) -> int:
@@ -88,43 +112,73 @@ class RedisQueue:
         await self._scripts["delay"](keys=keys, args=args)
 
     async def claim(self, worker_id: str, task_types: Sequence[str], count: int) -> list[str]:
+        return [c.task_id for c in await self.claim_scored(worker_id, task_types, count)]
+
+    async def claim_scored(
+        self, worker_id: str, task_types: Sequence[str], count: int
+    ) -> list[Claim]:
         if count <= 0 or not task_types:
             return []
-        keys = [self.keys.active, self.keys.owners, *(self.keys.queue(t) for t in task_types)]
-        ids = await self._scripts["claim"](keys=keys, args=[worker_id, count, self.lease_ms])
-        return [_text(i) for i in ids]
+        queues = [self.keys.queue(t) for t in task_types]
+        keys = [self.keys.active, self.keys.owners, *queues]
+        args: list[str | int] = [claim_token(worker_id), count, self.lease_ms]
+        flat = [_text(x) for x in await self._scripts["claim"](keys=keys, args=args)]
+        return [Claim(i, q, s) for i, s, q in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)]
 
-    async def renew(self, worker_id: str, task_ids: Sequence[str]) -> list[str]:
-        if not task_ids:
+    async def unclaim(self, worker_id: str, claims: Sequence[Claim]) -> int:
+        """Hand claims that could not be started back to their place in their queues."""
+        if not claims:
+            return 0
+        keys = [self.keys.active, self.keys.owners]
+        args: list[str] = [claim_token(worker_id)]
+        for c in claims:
+            task_type = c.queue_key.removeprefix(self.keys.queue(""))
+            keys += [c.queue_key, self.keys.wake(task_type)]
+            args += [c.task_id, c.score]
+        return int(await self._scripts["unclaim"](keys=keys, args=args))
+
+    async def renew(self, leases: Sequence[Lease]) -> list[str]:
+        if not leases:
             return []
         keys = [self.keys.active, self.keys.owners]
-        lost = await self._scripts["renew"](keys=keys, args=[worker_id, self.lease_ms, *task_ids])
-        return [_text(i) for i in lost]
+        args: list[str | int] = [self.lease_ms, *(x for lease in leases for x in lease)]
+        return [_text(i) for i in await self._scripts["renew"](keys=keys, args=args)]
 
-    async def hold(self, worker_id: str, tasks: Sequence[tuple[str, str]]) -> None:
-        """Lease (task_id, task_type) pairs to the worker the database just started them for."""
-        if tasks:
-            keys = [self.keys.active, self.keys.owners, *(self.keys.queue(t) for _, t in tasks)]
-            args: list[str | int] = [worker_id, self.lease_ms, *(task_id for task_id, _ in tasks)]
-            await self._scripts["hold"](keys=keys, args=args)
+    async def hold(self, leases: Sequence[tuple[str, str, str]]) -> None:
+        """Lease (task_id, task_type, token) to the attempts the database just started."""
+        await self.settle([], leases)
+
+    async def settle(self, released: Sequence[Lease], held: Sequence[tuple[str, str, str]]) -> None:
+        """Release leases still owned by their tokens (an empty token: whoever owns it), then
+        lease (task_id, task_type, token) to started attempts: one round trip."""
+        if not released and not held:
+            return
+        keys = [self.keys.active, self.keys.owners, *(self.keys.queue(t) for _, t, _ in held)]
+        args: list[str | int] = [self.lease_ms, len(released)]
+        for lease in released:
+            args += lease
+        for task_id, _type, token in held:
+            args += [task_id, token]
+        await self._scripts["settle"](keys=keys, args=args)
 
     async def is_leased(self, task_ids: Sequence[str]) -> list[bool]:
         scores = await self.redis.zmscore(self.keys.active, list(task_ids))
         return [score is not None for score in scores]
 
-    async def release(self, task_ids: Sequence[str], worker_id: str = "") -> None:
-        if task_ids:
-            keys = [self.keys.active, self.keys.owners]
-            await self._scripts["release"](keys=keys, args=[worker_id, *task_ids])
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Drop leases still owned by their tokens (an empty token: whoever owns it)."""
+        await self.settle(leases, [])
 
-    async def requeue(self, task: ReadyTask) -> None:
+    async def requeue(self, task: ReadyTask, token: str = "") -> None:
+        """Queue a task again, unless a lease of another token than `token` holds it now."""
         keys = [
             self.keys.active,
             self.keys.owners,
             self.keys.queue(task.task_type),
             self.keys.wake(task.task_type),
         ]
-        await self._scripts["requeue"](keys=keys, args=[task.task_id, task.priority, self.band_us])
+        args: list[str | int] = [task.task_id, task.priority, self.band_us, token]
+        await self._scripts["requeue"](keys=keys, args=args)
 
     async def promote_due(self, limit: int = 1000) -> int:
         keys = [self.keys.delayed, self.keys.active]
@@ -140,9 +194,15 @@ class RedisQueue:
         items = [_text(x) for x in flat]
         return list(zip(items[0::2], items[1::2], strict=True))
 
-    async def wait_for_work(self, task_types: Sequence[str], timeout: float) -> None:
-        """Block until a wake-up token arrives for one of the types, or the timeout passes."""
-        await self.redis.blpop([self.keys.wake(t) for t in task_types], timeout=timeout)
+    async def pop_wake(self, task_types: Sequence[str], timeout: float) -> str | None:
+        """Block until a wake-up token arrives for one of the types (returns its list's key), or
+        the timeout passes (None)."""
+        popped = await self.redis.blpop([self.keys.wake(t) for t in task_types], timeout=timeout)
+        return None if popped is None else _text(popped[0])
+
+    async def push_wake(self, key: str) -> None:
+        """Give a wake-up token back, for a worker that can use it."""
+        await self.redis.lpush(key, "1")
 
     async def queue_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
@@ -152,14 +212,14 @@ class RedisQueue:
             depths[name[prefix_len:]] = int(await self.redis.zcard(name))
         return depths
 
-    async def restore_leases(self, holders: Sequence[tuple[str, str]]) -> None:
+    async def restore_leases(self, leases: Sequence[Lease]) -> None:
         """Give running tasks a fresh lease after Redis lost its own (rebuild from the database)."""
         seconds, micros = await self.redis.time()
         deadline = seconds * 1000 + micros // 1000 + self.lease_ms
         async with self.redis.pipeline(transaction=True) as pipe:
-            for task_id, worker_id in holders:
+            for task_id, token in leases:
                 pipe.zadd(self.keys.active, {task_id: deadline}, nx=True)
-                pipe.hsetnx(self.keys.owners, task_id, worker_id)
+                pipe.hsetnx(self.keys.owners, task_id, token)
             await pipe.execute()
 
     async def remove_queued(self, task_type: str, task_ids: Sequence[str]) -> None:

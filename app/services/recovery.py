@@ -25,7 +25,7 @@ from app.database import repositories as repo
 from app.database import transitions
 from app.database.connection import Database
 from app.models.task import AttemptOutcome, ReadyTask, TaskStatus
-from app.services.message_queue import RedisQueue
+from app.services.message_queue import RedisQueue, lease_token
 from app.services.scheduler import Scheduler
 from app.services.worker_manager import WorkerManager
 from app.utils import monitoring
@@ -118,29 +118,37 @@ class Recovery:
         if not expired:
             return 0
         now = datetime.now(UTC)
-        ids = [task_id for task_id, _owner in expired]
         async with self.db.transaction() as conn:
-            heads = await repo.task_heads(conn, ids)
-        for task_id in ids:
-            await self._recover_one(task_id, heads.get(task_id), now)
-        monitoring.LEASES_EXPIRED.inc(len(ids))
-        return len(ids)
+            heads = await repo.task_heads(conn, [task_id for task_id, _owner in expired])
+        for task_id, owner in expired:
+            await self._recover_one(task_id, owner, heads.get(task_id), now)
+        monitoring.LEASES_EXPIRED.inc(len(expired))
+        return len(expired)
 
-    async def _recover_one(self, task_id: str, head: Row[Any] | None, now: datetime) -> None:
+    async def _recover_one(
+        self, task_id: str, owner: str, head: Row[Any] | None, now: datetime
+    ) -> None:
+        """Act on one expired lease, by what the database says of its task. Every Redis move
+        names the lease's owner, so a start that committed after the read keeps its new lease."""
         if head is None:
-            await self.queue.release([task_id])  # no such task: a leftover entry
+            await self.queue.release([(task_id, "")])  # no such task: a leftover entry
             return
         status = TaskStatus(head.status)
         if status == TaskStatus.PENDING:
             # Claimed in Redis but never started: just put it back.
-            await self.queue.requeue(ReadyTask(task_id, head.task_type, head.priority))
-        elif status == TaskStatus.RUNNING:
-            await self._requeue_lost(task_id, head.attempt, head.worker_id, now)
+            await self.queue.requeue(ReadyTask(task_id, head.task_type, head.priority), owner)
+        elif status != TaskStatus.RUNNING:
+            await self.queue.release([(task_id, owner)])  # its release after the report was lost
+        elif owner == lease_token(head.worker_id or "", head.attempt):
+            await self._requeue_lost(task_id, head.attempt, head.worker_id, now, owner)
         else:
-            await self.queue.release([task_id])  # finished; the release after its report was lost
+            # The lease is not the running attempt's (its hold after the start never reached
+            # Redis): give it to that attempt, which renews it if its worker lives.
+            token = lease_token(head.worker_id or "", head.attempt)
+            await self.queue.hold([(task_id, head.task_type, token)])
 
     async def _requeue_lost(
-        self, task_id: str, attempt: int, worker_id: str | None, now: datetime
+        self, task_id: str, attempt: int, worker_id: str | None, now: datetime, owner: str
     ) -> None:
         error = f"worker lost: lease of worker '{worker_id}' expired"
         async with self.db.transaction() as conn:
@@ -166,9 +174,9 @@ class Recovery:
             requeued=ready is not None,
         )
         if ready is not None:
-            await self.queue.requeue(ReadyTask(ready.task_id, ready.task_type, ready.priority))
+            await self.queue.requeue(ReadyTask(task_id, ready.task_type, ready.priority), owner)
         else:
-            await self.queue.release([task_id])
+            await self.queue.release([(task_id, owner)])
 
     async def restore_missing_leases(self) -> int:
         """A running task must hold a Redis lease, or nothing would notice its worker dying (the
@@ -181,25 +189,74 @@ class Recovery:
             return 0
         known = await self.queue.is_leased([r.task_id for r in rows])
         missing = [r for r, leased in zip(rows, known, strict=True) if not leased]
-        for row in missing:
-            await self.queue.hold(row.worker_id or "", [(row.task_id, row.task_type)])
+        await self.queue.hold(
+            [(r.task_id, r.task_type, lease_token(r.worker_id or "", r.attempt)) for r in missing]
+        )
         if missing:
             log.warning("lease.restored", task_ids=[r.task_id for r in missing])
         return len(missing)
 
+    # Reconciliation (docs/architecture.md, "Reconciliation"). A change younger than
+    # RECONCILE_SETTLE may be a commit whose enqueue is still on its way, or (appendfsync
+    # everysec) not yet on Redis's disk, so it waits for the next call.
+    RECONCILE_SETTLE = timedelta(seconds=2)
+    # The tail pass reads at most this many pages per call; what is left waits for the next call.
+    TAIL_PAGES = 10
+    # Where the tail pass of a new process starts; the full pass at start-up covers the rest.
+    TAIL_START = timedelta(minutes=1)
+    # The last change of a ready task that the tail pass checked; None before the first call.
+    _reconcile_tail: repo.ReadyKey | None = None
+
     async def reconcile_page(self) -> int:
-        """Queue again the pending tasks Redis does not know, one page per call, cycling through
-        all pending tasks so a large backlog is covered over successive calls."""
-        async with self.db.transaction() as conn:
-            rows = await repo.pending_ready_after(conn, self._reconcile_cursor, limit=PAGE)
-        self._reconcile_cursor = rows[-1].task_id if len(rows) == PAGE else ""
-        settle = datetime.now(UTC) - timedelta(seconds=1)
-        candidates = [r for r in rows if r.updated_at < settle]
-        if not candidates:
-            return 0
-        ready = [ReadyTask(r.task_id, r.task_type, r.priority, r.scheduled_at) for r in candidates]
-        known = await self.queue.is_known(ready)
-        missing = [task for task, k in zip(ready, known, strict=True) if not k]
+        """Queue again the pending tasks Redis does not know, reading a bounded number of entries
+        of the ready-task index per call, however many tasks are pending. Two passes:
+        - tail: every ready task that changed since the previous call (up to TAIL_PAGES pages),
+          so a task whose enqueue was lost (the API died after its commit, Redis failed) is found
+          by the next call, not after a sweep of the whole backlog;
+        - sweep: one page of all ready tasks in the order they last changed, continuing where the
+          previous call stopped: an entry Redis lost long after the task changed.
+        Returns how many tasks were queued again."""
+        settle = datetime.now(UTC) - self.RECONCILE_SETTLE
+        requeued = await self._reconcile_tail_pass(settle)
+        after = repo.ReadyKey.parse(self._reconcile_cursor)
+        async with self.db.read() as conn:
+            rows = await repo.pending_ready_after(conn, after, changed_before=settle, limit=PAGE)
+        requeued += await self._requeue_missing(rows)
+        last = repo.ReadyKey(rows[-1].updated_at, rows[-1].task_id) if rows else None
+        self._reconcile_cursor = last.token() if last is not None and len(rows) == PAGE else ""
+        return requeued
+
+    async def _reconcile_tail_pass(self, settle: datetime) -> int:
+        """Check the ready tasks that changed after the tail position and before `settle`. The
+        position only moves past rows that were checked, so a Redis error loses nothing."""
+        after = self._reconcile_tail or repo.ReadyKey(settle - self.TAIL_START, "")
+        requeued = 0
+        for _ in range(self.TAIL_PAGES):
+            async with self.db.read() as conn:
+                rows = await repo.pending_ready_after(
+                    conn, after, changed_before=settle, limit=PAGE
+                )
+            requeued += await self._requeue_missing(rows)
+            if rows:
+                after = repo.ReadyKey(rows[-1].updated_at, rows[-1].task_id)
+            self._reconcile_tail = after
+            if len(rows) < PAGE:
+                break
+        return requeued
+
+    # Tasks looked up in Redis per round trip. Encoding and parsing a pipeline holds the event
+    # loop: 1,000 tasks at once (3,000 replies) held it for tens of milliseconds, which every API
+    # request arriving meanwhile waited out.
+    RECONCILE_CHECK = 100
+
+    async def _requeue_missing(self, rows: list[Row[Any]]) -> int:
+        """Queue the tasks of `rows` that Redis holds nowhere (queue, lease or delayed set)."""
+        ready = [ReadyTask(r.task_id, r.task_type, r.priority, r.scheduled_at) for r in rows]
+        missing: list[ReadyTask] = []
+        for start in range(0, len(ready), self.RECONCILE_CHECK):
+            chunk = ready[start : start + self.RECONCILE_CHECK]
+            known = await self.queue.is_known(chunk)
+            missing += [task for task, k in zip(chunk, known, strict=True) if not k]
         if missing:
             log.warning("reconcile.requeued", count=len(missing))
             await self.queue.enqueue(missing)
@@ -246,17 +303,21 @@ class Recovery:
         log.warning("redis.rebuild.done", queued=queued, leased=leased)
 
     async def _rebuild_pending(self) -> int:
-        cursor, total = "", 0
+        """Queue every ready task, a keyset page at a time. Tasks that change after the rebuild
+        began are queued by whoever changes them, so the pass stops there rather than chase them."""
+        began = datetime.now(UTC)
+        after: repo.ReadyKey | None = None
+        total = 0
         while True:
-            async with self.db.transaction() as conn:
-                rows = await repo.pending_ready_after(conn, cursor, limit=PAGE)
+            async with self.db.read() as conn:
+                rows = await repo.pending_ready_after(conn, after, changed_before=began, limit=PAGE)
             if not rows:
                 return total
             await self.queue.enqueue(
                 [ReadyTask(r.task_id, r.task_type, r.priority, r.scheduled_at) for r in rows]
             )
             total += len(rows)
-            cursor = rows[-1].task_id
+            after = repo.ReadyKey(rows[-1].updated_at, rows[-1].task_id)
 
     async def _rebuild_leases(self) -> int:
         cursor, total = "", 0
@@ -265,6 +326,8 @@ class Recovery:
                 rows = await repo.running_after(conn, cursor, limit=PAGE)
             if not rows:
                 return total
-            await self.queue.restore_leases([(r.task_id, r.worker_id or "") for r in rows])
+            await self.queue.restore_leases(
+                [(r.task_id, lease_token(r.worker_id or "", r.attempt)) for r in rows]
+            )
             total += len(rows)
             cursor = rows[-1].task_id

@@ -29,9 +29,10 @@ from app.models.task import (
     TaskStatus,
     TaskToRun,
 )
-from app.models.worker import ReportResponse, StartResponse
+from app.models.worker import ExchangeResponse, ReportResponse, StartResponse
 from app.services import retry_policy
-from app.services.message_queue import RedisQueue
+from app.services.group_submit import SubmitGroup
+from app.services.message_queue import RedisQueue, claim_token, lease_token
 from app.utils import monitoring
 
 log = structlog.get_logger(__name__)
@@ -61,6 +62,7 @@ class Scheduler:
         self.queue = queue
         # Set when Redis could not be told about committed work; reconciliation catches up.
         self.redis_behind = False
+        self.single_submissions = SubmitGroup(self.admit_resolved)
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -77,6 +79,8 @@ class Scheduler:
             scheduled_at = now + timedelta(seconds=spec.delay_seconds)
         return NewTask(
             task_id=spec.task_id or str(uuid.uuid4()),
+            id_generated=spec.task_id is None,
+            received_at=now,
             task_type=spec.task_type,
             payload=spec.payload,
             priority=spec.priority,
@@ -91,16 +95,22 @@ class Scheduler:
     async def submit(
         self, spec: TaskCreate, correlation_id: str | None = None
     ) -> tuple[TaskPublic, bool]:
-        """Admit one task: durable in the database before this returns, then queued in Redis."""
-        [(task, created)] = await self.submit_many([spec], correlation_id)
-        return task, created
+        """Admit one task: durable in the database before this returns, then queued in Redis.
+        Concurrent single submissions share one transaction (app.services.group_submit)."""
+        new = self.resolve(0, spec, correlation_id, utcnow())
+        return await self.single_submissions.submit(new)
 
     async def submit_many(
         self, specs: Sequence[TaskCreate], correlation_id: str | None = None
     ) -> list[tuple[TaskPublic, bool]]:
         """Admit a batch in one transaction (all or nothing) and queue it in one Redis call."""
         now = utcnow()
-        batch = [self.resolve(i, spec, correlation_id, now) for i, spec in enumerate(specs)]
+        return await self.admit_resolved(
+            [self.resolve(i, spec, correlation_id, now) for i, spec in enumerate(specs)]
+        )
+
+    async def admit_resolved(self, batch: Sequence[NewTask]) -> list[tuple[TaskPublic, bool]]:
+        now = utcnow()
         admitted = await self._admit(batch, now)
         ready = [a.ready for a in admitted if a.ready is not None]
         if ready:
@@ -125,7 +135,7 @@ class Scheduler:
                 found[new.task_id] = repo.to_public(outcome.row, new.dependencies)
         return [(found[a.task_id], a.created) for a in admitted]
 
-    async def _admit(self, batch: list[NewTask], now: datetime) -> list[Admitted]:
+    async def _admit(self, batch: Sequence[NewTask], now: datetime) -> list[Admitted]:
         try:
             async with self.db.transaction() as conn:
                 return await admit(conn, batch, now=now)
@@ -184,82 +194,101 @@ class Scheduler:
 
     # --- what workers report ---------------------------------------------------------------------
 
-    async def start_claimed(self, worker_id: str, task_ids: Sequence[str]) -> StartResponse:
-        """Confirm a worker's Redis claims in the database: each becomes a new numbered attempt."""
+    async def exchange(
+        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+    ) -> ExchangeResponse:
+        """One round of the worker protocol in one transaction: record how attempts ended (a
+        report of a superseded attempt is refused: exactly one result per task, whatever arrives
+        late or twice), and turn the worker's fresh Redis claims into numbered attempts."""
         now = utcnow()
         # The database lease is the backstop behind the Redis one; heartbeats extend it.
         lease_until = now + timedelta(seconds=self.settings.worker_offline_after)
         async with self.db.transaction() as conn:
+            accepted, to_queue = await self._record(conn, worker_id, reports, now)
             rows = await transitions.start(
-                conn, task_ids, worker_id=worker_id, now=now, lease_until=lease_until
+                conn, claims, worker_id=worker_id, now=now, lease_until=lease_until
             )
-            started_ids = [r.task_id for r in rows]
-            results = await repo.dependency_results(conn, started_ids) if rows else {}
-        started = [
-            TaskToRun(
-                task_id=r.task_id,
-                task_type=r.task_type,
-                payload=r.payload,
-                attempt=r.attempt,
-                timeout=r.timeout,
-                correlation_id=r.correlation_id,
-                dependency_results=results.get(r.task_id, {}),
-            )
-            for r in rows
-        ]
-        for r in rows:
-            monitoring.QUEUE_WAIT.observe((now - r.created_at).total_seconds())
-        if started:
-            held = [(t.task_id, t.task_type) for t in started]
-            await self._tell_redis(self.queue.hold(worker_id, held))
-        confirmed = set(started_ids)
-        refused = [t for t in task_ids if t not in confirmed]
-        if refused:
-            log.info("claim.refused", worker_id=worker_id, task_ids=refused)
-            await self._tell_redis(self.queue.release(refused, worker_id))
-        return StartResponse(started=started, refused=refused)
+            wanted = [r.task_id for r in rows if r.has_dependencies]
+            results = await repo.dependency_results(conn, wanted) if wanted else {}
+        started = [_to_run(r, results.get(r.task_id)) for r in rows]
+        answer = ExchangeResponse(
+            started=started,
+            refused_claims=_missing(claims, [t.task_id for t in started]),
+            accepted=accepted,
+            refused_reports=_missing([r.task_id for r in reports], accepted),
+        )
+        self._observe(worker_id, rows, answer, now)
+        await self._tell_redis(self._settle(worker_id, reports, answer, to_queue))
+        return answer
+
+    async def start_claimed(self, worker_id: str, task_ids: Sequence[str]) -> StartResponse:
+        answer = await self.exchange(worker_id, [], task_ids)
+        return StartResponse(started=answer.started, refused=answer.refused_claims)
 
     async def report(self, worker_id: str, reports: Sequence[TaskReport]) -> ReportResponse:
-        """Record how attempts ended. A report for a superseded attempt is refused: exactly one
-        result per task, whatever arrives late or twice."""
-        now = utcnow()
-        accepted: list[str] = []
-        to_queue: list[ReadyTask] = []
-        async with self.db.transaction() as conn:
-            for report in reports:
-                outcome = await self._record(conn, report, now)
-                if outcome is None:
-                    continue
-                accepted.append(report.task_id)
-                to_queue += outcome
-        refused = [r.task_id for r in reports if r.task_id not in set(accepted)]
-        for task_id in refused:
+        answer = await self.exchange(worker_id, reports, [])
+        return ReportResponse(accepted=answer.accepted, refused=answer.refused_reports)
+
+    async def _settle(
+        self,
+        worker_id: str,
+        reports: Sequence[TaskReport],
+        answer: ExchangeResponse,
+        to_queue: list[ReadyTask],
+    ) -> None:
+        """Make Redis follow what was committed: ended attempts and refused claims give their
+        leases up (only where they still own them), started attempts take theirs."""
+        released = [(r.task_id, lease_token(worker_id, r.attempt)) for r in reports]
+        released += [(task_id, claim_token(worker_id)) for task_id in answer.refused_claims]
+        held = [(t.task_id, t.task_type, lease_token(worker_id, t.attempt)) for t in answer.started]
+        await self.queue.settle(released, held)
+        if to_queue:
+            await self.queue.enqueue(to_queue)
+
+    def _observe(
+        self, worker_id: str, rows: Sequence[Any], answer: ExchangeResponse, now: datetime
+    ) -> None:
+        for r in rows:
+            monitoring.QUEUE_WAIT.observe((now - r.created_at).total_seconds())
+        if answer.refused_claims:
+            log.info("claim.refused", worker_id=worker_id, task_ids=answer.refused_claims)
+        for task_id in answer.refused_reports:
             monitoring.STALE_REPORTS.inc()
             log.warning("report.stale", worker_id=worker_id, task_id=task_id)
-        await self._tell_redis(self.queue.release([r.task_id for r in reports], worker_id))
-        if to_queue:
-            await self._tell_redis(self.queue.enqueue(to_queue))
-        return ReportResponse(accepted=accepted, refused=refused)
 
-    async def _record(self, conn: Any, report: TaskReport, now: datetime) -> list[ReadyTask] | None:
-        """Apply one report; returns tasks to queue as a consequence, or None when stale."""
-        if report.outcome == AttemptOutcome.COMPLETED:
-            released = await transitions.complete(
-                conn, report.task_id, report.attempt, result=report.result, now=now
-            )
-            if released is not None:
+    async def _record(
+        self, conn: Any, worker_id: str, reports: Sequence[TaskReport], now: datetime
+    ) -> tuple[list[str], list[ReadyTask]]:
+        """Apply reports: completions in one set-based statement, the rarer endings one by one.
+        Returns the ids recorded and the tasks to queue as a consequence."""
+        done = [
+            transitions.Completion(r.task_id, r.attempt, r.result)
+            for r in reports
+            if r.outcome == AttemptOutcome.COMPLETED
+        ]
+        accepted, to_queue = await transitions.complete_many(
+            conn, done, worker_id=worker_id, now=now
+        )
+        monitoring.ATTEMPTS_ENDED.labels(AttemptOutcome.COMPLETED).inc(len(accepted))
+        for report in reports:
+            if report.outcome == AttemptOutcome.COMPLETED:
+                continue
+            outcome = await self._record_one(conn, report, now)
+            if outcome is not None:
                 monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
-            return released
+                accepted.append(report.task_id)
+                to_queue += outcome
+        return accepted, to_queue
+
+    async def _record_one(
+        self, conn: Any, report: TaskReport, now: datetime
+    ) -> list[ReadyTask] | None:
+        """Apply one report that is not a completion; returns tasks to queue, or None when stale."""
         if report.outcome == AttemptOutcome.RELEASED:
             ready = await transitions.requeue(
                 conn, report.task_id, report.attempt, outcome=report.outcome, now=now
             )
             return None if ready is None else [ready]
-        return await self._record_failure(conn, report, now)
-
-    async def _record_failure(
-        self, conn: Any, report: TaskReport, now: datetime
-    ) -> list[ReadyTask] | None:
         if retry_policy.is_retryable(report.outcome):
             run_at = retry_policy.next_run_at(
                 now,
@@ -277,7 +306,6 @@ class Scheduler:
                 now=now,
             )
             if ready is not None:
-                monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
                 return [ready]
         doomed = await transitions.fail(
             conn,
@@ -287,7 +315,21 @@ class Scheduler:
             error=report.error,
             now=now,
         )
-        if doomed is None:
-            return None
-        monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
-        return []
+        return None if doomed is None else []
+
+
+def _to_run(row: Any, dependency_results: dict[str, Any] | None) -> TaskToRun:
+    return TaskToRun(
+        task_id=row.task_id,
+        task_type=row.task_type,
+        payload=row.payload,
+        attempt=row.attempt,
+        timeout=row.timeout,
+        correlation_id=row.correlation_id,
+        dependency_results=dependency_results or {},
+    )
+
+
+def _missing(asked: Sequence[str], granted: Sequence[str]) -> list[str]:
+    kept = set(granted)
+    return [task_id for task_id in asked if task_id not in kept]
