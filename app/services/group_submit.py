@@ -34,28 +34,37 @@ class _Waiting:
 
 
 class SubmitGroup:
-    def __init__(self, admit: Admit, *, max_group: int = MAX_GROUP) -> None:
+    """`flushers` admissions may be in flight at once. On PostgreSQL several concurrent
+    transactions share their disk syncs anyway, so a request need not wait for the previous
+    group's commit; on SQLite one at a time makes the biggest groups (its commits are serial)."""
+
+    def __init__(self, admit: Admit, *, flushers: int = 1, max_group: int = MAX_GROUP) -> None:
         self._admit = admit
         self._max_group = max_group
+        self._max_flushers = flushers
         self._waiting: list[_Waiting] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def submit(self, new: NewTask) -> tuple[TaskPublic, bool]:
         waiting = _Waiting(new)
         self._waiting.append(waiting)
-        if self._flusher is None:
+        if len(self._flushers) < self._max_flushers:
             # A context of its own: the group's log lines must not carry the correlation id of
             # whichever request happened to start it.
-            self._flusher = asyncio.create_task(self._flush_all(), context=contextvars.Context())
+            flusher = asyncio.create_task(self._flush_all(), context=contextvars.Context())
+            self._flushers.add(flusher)
         return await waiting.answer
 
     async def _flush_all(self) -> None:
         try:
             while self._waiting:
-                group = self._take_group()
-                await self._admit_group(group)
+                await self._admit_group(self._take_group())
         finally:
-            self._flusher = None
+            # Here, not in a done callback: between the last look at the queue and leaving the
+            # set nothing else may run, or a request queued then would find no flusher coming.
+            current = asyncio.current_task()
+            if current is not None:
+                self._flushers.discard(current)
 
     def _take_group(self) -> list[_Waiting]:
         """Up to max_group requests, no task id twice (a batch refuses its own duplicates; the

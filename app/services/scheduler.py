@@ -36,6 +36,8 @@ from app.services.message_queue import RedisQueue, claim_token, lease_token
 from app.utils import monitoring
 
 log = structlog.get_logger(__name__)
+# Admissions of single submissions in flight at once on PostgreSQL (see SubmitGroup).
+SUBMIT_FLUSHERS = 4
 
 
 class PayloadTooLarge(AdmissionError):
@@ -62,7 +64,9 @@ class Scheduler:
         self.queue = queue
         # Set when Redis could not be told about committed work; reconciliation catches up.
         self.redis_behind = False
-        self.single_submissions = SubmitGroup(self.admit_resolved)
+        self.single_submissions = SubmitGroup(
+            self.admit_resolved, flushers=1 if db.is_sqlite else SUBMIT_FLUSHERS
+        )
 
     # --- admission ---------------------------------------------------------------------------
 
