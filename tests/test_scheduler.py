@@ -287,3 +287,39 @@ async def test_a_running_task_whose_redis_lease_vanished_gets_one_back(services:
     await expire_lease(services, "t1")  # the worker is gone: the ordinary sweep takes over
     await services.recovery.sweep_expired()
     assert await run_next(services, "w2") == [("t1", 2)]
+
+
+async def test_only_the_leader_rebuilds_redis(services: Services) -> None:
+    from app.services.recovery import Recovery
+
+    follower = Recovery(
+        services.settings, services.db, services.queue, services.scheduler, services.workers
+    )
+    assert await services.recovery._hold_lock()  # the fixture's process leads
+    await submit(services, "t1")
+    await services.queue.redis.delete(services.queue.keys.epoch)  # Redis "lost its data"
+    await follower.tick()
+    assert not follower.leading
+    assert not await services.queue.redis.exists(services.queue.keys.epoch)  # not rebuilt
+    await services.recovery.tick()
+    assert services.recovery.leading
+    assert await services.queue.redis.exists(services.queue.keys.epoch)
+    assert await services.queue.queue_depths() == {"echo": 1}
+
+
+async def test_the_lock_is_renewed_only_by_its_holder(services: Services) -> None:
+    from app.services.recovery import Recovery
+
+    other = Recovery(
+        services.settings, services.db, services.queue, services.scheduler, services.workers
+    )
+    assert await services.recovery._hold_lock()
+    key = services.queue.keys.sweeper_lock
+    await services.queue.redis.pexpire(key, 50)
+    assert not await other._hold_lock()  # still held: the other may not renew it
+    assert 0 < await services.queue.redis.pttl(key) <= 50
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await other._hold_lock():  # it expires, and only then changes hands
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert not await services.recovery._hold_lock()

@@ -14,6 +14,7 @@ import pytest
 from app.models.task import AttemptOutcome, TaskToRun
 from worker import builtin_tasks
 from worker.task_executor import REGISTRY, TaskExecutor, task
+from worker.worker_node import WorkerNode, WorkerOptions
 
 assert builtin_tasks  # registers the built-in types
 
@@ -155,3 +156,24 @@ def test_user_modules_register_handlers(tmp_path: Path, monkeypatch: pytest.Monk
         assert REGISTRY["double"].mode == "thread"
     finally:
         del REGISTRY["double"]
+
+
+async def test_leases_lapse_for_an_overrun_attempt_and_for_a_blocked_loop() -> None:
+    """A handler past its deadline, or an event loop that stopped running, must not keep its
+    leases alive from the lease keeper's thread: the sweeper then gives the work to another."""
+    node = WorkerNode(WorkerOptions(worker_id="w", api_url="http://127.0.0.1:9"))
+    try:
+        job = TaskToRun(
+            task_id="t", task_type="echo", payload={}, attempt=2, timeout=10, correlation_id=None
+        )
+        node.running["t"] = (job, asyncio.create_task(asyncio.sleep(0)))
+        node.deadlines["t"] = time.monotonic() + 5
+        assert node.held_leases() == [("t", "w#2")]
+        node.deadlines["t"] = time.monotonic() - 1  # overran its timeout and grace
+        assert node.held_leases() == []
+        node.deadlines["t"] = time.monotonic() + 5
+        node.loop_beat = time.monotonic() - 2 * node.lease_seconds  # the loop stopped beating
+        assert node.held_leases() == []
+    finally:
+        node.executor.shutdown()
+        await node.api.close()

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ REPORT_BATCH = 500
 REPORT_FLUSH_SECONDS = 10.0
 IDLE_POLL = 1.0  # an idle worker looks at its queues at least this often, token or not
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
+LOOP_BEAT = 0.5  # how often the event loop proves to the lease keeper that it runs
 
 
 @dataclass
@@ -83,6 +85,9 @@ class WorkerNode:
         self.closing = asyncio.Event()
         self.cancel_requested: set[str] = set()
         self.paused_until = 0.0  # the scheduler was unavailable: no exchange before this time
+        self.deadlines: dict[str, float] = {}  # task id -> monotonic time its lease stops
+        self.loop_beat = time.monotonic()
+        self.lease_seconds = 5.0  # the API's, from the registration
         self.backoff = MIN_BACKOFF
         self.cpu = CpuSampler()
         self.queue: RedisQueue | None = None
@@ -91,15 +96,32 @@ class WorkerNode:
         self.lease_keeper: LeaseKeeper | None = None
 
     def held_leases(self) -> list[Lease]:
-        """The leases to keep: running attempts, finished ones not yet recorded, and claims being
-        started. Called from the lease keeper's thread, so it reads copies (atomic in CPython)."""
+        """The leases to keep: running attempts within their deadline, finished ones not yet
+        recorded, and claims being started. None at all while the event loop is blocked (an async
+        handler that never yields): its tasks must go to a worker that can run them. Called from
+        the lease keeper's thread, so it reads copies (atomic in CPython)."""
+        now = time.monotonic()
+        if now - self.loop_beat > self.lease_seconds:
+            log.error("worker.loop_blocked", seconds=round(now - self.loop_beat, 1))
+            return []
+        deadlines = dict(self.deadlines)
         attempts = [job for job, _handle in list(self.running.values())]
         ended = [*list(self.outbox.values()), *list(self.sending.values())]
         return [
-            *((j.task_id, lease_token(self.worker_id, j.attempt)) for j in attempts),
+            *(
+                (j.task_id, lease_token(self.worker_id, j.attempt))
+                for j in attempts
+                if deadlines.get(j.task_id, now) >= now  # overran: let the sweeper take it
+            ),
             *((r.task_id, lease_token(self.worker_id, r.attempt)) for r in ended),
             *((task_id, claim_token(self.worker_id)) for task_id in list(self.claimed)),
         ]
+
+    async def _beat(self) -> None:
+        """Proof that the event loop runs, for the lease keeper's thread (see held_leases)."""
+        while True:
+            self.loop_beat = time.monotonic()
+            await asyncio.sleep(LOOP_BEAT)
 
     async def run(self) -> None:
         registration = await self._register()
@@ -109,6 +131,7 @@ class WorkerNode:
             redis, prefix=registration.redis_prefix, lease_seconds=registration.lease_seconds
         )
         self.waiter = WorkWaiter(self.queue, self.capabilities)
+        self.lease_seconds = registration.lease_seconds
         self.transport = self._transport(registration, redis)
         self.lease_keeper = LeaseKeeper(
             redis_url=redis_url,
@@ -124,6 +147,7 @@ class WorkerNode:
         helpers = [
             asyncio.create_task(self._pump(), name="pump"),
             asyncio.create_task(self._cancel_loop(), name="cancel-listener"),
+            asyncio.create_task(self._beat(), name="loop-beat"),
         ]
         log.info(
             "worker.started",
@@ -245,6 +269,9 @@ class WorkerNode:
             self.claimed.pop(claim.task_id, None)
         for job in answer.started:
             if job.task_id not in self.running:  # a duplicate claim of our own running attempt
+                # Past this the lease is no longer renewed, whatever the handler does: the
+                # executor's own timeout should have ended it long before.
+                self.deadlines[job.task_id] = time.monotonic() + job.timeout + self.lease_seconds
                 self.running[job.task_id] = (job, asyncio.create_task(self._run_one(job)))
 
     async def _give_back(
@@ -302,6 +329,7 @@ class WorkerNode:
             log.info("task.finished", outcome=report.outcome, error=report.error)
         self.outbox[job.task_id] = report
         self.running.pop(job.task_id, None)
+        self.deadlines.pop(job.task_id, None)
         self.wake.set()
 
     def _interrupted(self, job: TaskToRun) -> TaskReport:

@@ -25,7 +25,7 @@ from app.database import repositories as repo
 from app.database import transitions
 from app.database.connection import Database
 from app.models.task import AttemptOutcome, ReadyTask, TaskStatus
-from app.services.message_queue import RedisQueue, lease_token
+from app.services.message_queue import LUA_DIR, RedisQueue, lease_token
 from app.services.scheduler import Scheduler
 from app.services.worker_manager import WorkerManager
 from app.utils import monitoring
@@ -56,18 +56,23 @@ class Recovery:
         self.scheduler = scheduler
         self.workers = workers
         self.instance = uuid.uuid4().hex
+        self.leading = False
+        self._lock = queue.redis.register_script((LUA_DIR / "lock.lua").read_text())
         self._reconcile_cursor = ""
         self._last_reconcile = 0.0
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """The maintenance loop of one scheduler process; survives Redis and database outages.
+        Only the leader (the holder of the sweeper lock) does the periodic work; the others
+        check once per sweep whether they lead now, and stay cheap meanwhile.
         It ends when `stop` is set: cancelling it mid-statement is avoided because a driver that
         fails while rolling back can replace the CancelledError and hide the request to stop."""
         loop = asyncio.get_running_loop()
         next_sweep = 0.0
         while not stop.is_set():
             try:
-                await self.queue.promote_due()
+                if self.leading:
+                    await self.queue.promote_due()
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + self.settings.sweep_interval
                     await self.tick()
@@ -81,37 +86,44 @@ class Recovery:
                 )
 
     async def tick(self) -> None:
-        """One round of healing: rebuild Redis if it lost its data, sweep expired leases and
-        silent workers (one process at a time), reconcile a page. Promoting delayed tasks is
-        not part of it: run_forever does that on its own, shorter, cadence."""
-        if not await self.queue.redis.exists(self.queue.keys.epoch):
-            await self.rebuild_redis()
-        if await self._hold_lock():
-            await self.sweep_expired()
-            await self.restore_missing_leases()
-            await self.workers.mark_silent_offline()
-            for task_type, depth in (await self.queue.queue_depths()).items():
-                monitoring.QUEUE_DEPTH.labels(task_type).set(depth)
+        """One round of healing, by the leader: rebuild Redis if it lost its data, sweep expired
+        leases and silent workers, reconcile. The lock is renewed between the steps, so a leader
+        that lost it (paused past its expiry) stops before the next step. Promoting delayed
+        tasks is not part of it: run_forever does that on its own, shorter, cadence. A follower
+        only reconciles when its own enqueue failed (its tasks, its knowledge)."""
+        steps = [
+            self._rebuild_if_lost,
+            self.sweep_expired,
+            self.restore_missing_leases,
+            self.workers.mark_silent_offline,
+            self._record_depths,
+        ]
+        for step in steps:
+            if not await self._hold_lock():
+                break
+            await step()
         loop_time = asyncio.get_running_loop().time()
-        if (
-            self.scheduler.redis_behind
-            or loop_time - self._last_reconcile > 5 * self.settings.sweep_interval
-        ):
+        due = self.leading and loop_time - self._last_reconcile > 5 * self.settings.sweep_interval
+        if self.scheduler.redis_behind or due:
             self._last_reconcile = loop_time
             self.scheduler.redis_behind = False
             await self.reconcile_page()
 
+    async def _rebuild_if_lost(self) -> None:
+        if not await self.queue.redis.exists(self.queue.keys.epoch):
+            await self.rebuild_redis()
+
+    async def _record_depths(self) -> None:
+        for task_type, depth in (await self.queue.queue_depths()).items():
+            monitoring.QUEUE_DEPTH.labels(task_type).set(depth)
+
     async def _hold_lock(self) -> bool:
-        """Take or keep the sweeper lock; it expires on its own if this process dies."""
+        """Take or keep the sweeper lock (lock.lua, one atomic step); it expires on its own if
+        this process dies or stalls."""
         ttl_ms = int(max(3 * self.settings.sweep_interval, 2) * 1000)
-        key = self.queue.keys.sweeper_lock
-        if await self.queue.redis.set(key, self.instance, nx=True, px=ttl_ms):
-            return True
-        holder = await self.queue.redis.get(key)
-        if holder in (self.instance, self.instance.encode()):
-            await self.queue.redis.pexpire(key, ttl_ms)
-            return True
-        return False
+        keys = [self.queue.keys.sweeper_lock]
+        self.leading = bool(await self._lock(keys=keys, args=[self.instance, ttl_ms]))
+        return self.leading
 
     async def sweep_expired(self) -> int:
         expired = await self.queue.expired_leases(PAGE)
@@ -264,13 +276,16 @@ class Recovery:
 
     async def on_startup(self) -> None:
         """Make Redis agree with the database before serving: rebuild it if it lost its data,
-        otherwise queue what it is missing and drop entries for tasks that are not pending."""
+        otherwise queue what it is missing and drop entries for tasks that are not pending.
+        Only the leader does it: with several API processes starting, one is enough."""
+        if not await self._hold_lock():
+            return
         if not await self.queue.redis.exists(self.queue.keys.epoch):
             await self.rebuild_redis()
             return
         await self.drop_orphans()
         self._reconcile_cursor = ""
-        while True:
+        while await self._hold_lock():  # a long backlog must not outlive the lock unnoticed
             await self.reconcile_page()
             if not self._reconcile_cursor:
                 break
