@@ -338,6 +338,13 @@ async def task_heads(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str
     return {r.task_id: r for r in rows}
 
 
+# READY_PREDICATE for SQLite. Without statistics (nothing runs ANALYZE) its planner reads every
+# pending task through the status index and sorts them (55 ms at 23,000 pending) rather than
+# walk the ready index in order (0.5 ms); likelihood() tells it `status = 'pending'` is not
+# selective, and still lets the term match the partial index's predicate.
+SQLITE_READY = "likelihood(status = 'pending', 0.9) AND remaining_dependencies = 0"
+
+
 @dataclass(frozen=True)
 class ReadyKey:
     """Position in the reconciliation index: (updated_at, task_id) of the last row read."""
@@ -367,13 +374,14 @@ async def pending_ready_after(
     """A page of pending tasks with no open dependency in the order they last changed, from just
     after `after`, and only those changed before `changed_before` if given. It reads `limit`
     entries of ix_tasks_ready_updated_at, however many other tasks there are."""
+    ready = READY_PREDICATE if conn.dialect.name == "postgresql" else SQLITE_READY
     query = select(
         tasks.c.task_id,
         tasks.c.task_type,
         tasks.c.priority,
         tasks.c.scheduled_at,
         tasks.c.updated_at,
-    ).where(text(READY_PREDICATE))
+    ).where(text(ready))
     if after is not None:
         # A row value, so that the seek is one index condition on (updated_at, task_id).
         query = query.where(

@@ -151,7 +151,10 @@ def _binned_sqlite(window: Window) -> Select[Any]:
             (started - created).label("wait"),
             (ended - started).label("run"),
         )
-        .where(_finished_in(window))
+        # Status is tested outside: given `status IN (...)` as well, SQLite's planner reads the
+        # status range (every finished task) rather than the window's range of completed_at,
+        # 500 ms against 20 ms for an hour's window at a million tasks.
+        .where(tasks.c.completed_at >= window.since, tasks.c.completed_at < window.until)
         .cte("durations")
         .prefix_with("MATERIALIZED")
     )
@@ -160,7 +163,7 @@ def _binned_sqlite(window: Window) -> Select[Any]:
         durations.c.status,
         _case_bin(durations.c.wait).label("wait_bin"),
         _case_bin(durations.c.run).label("run_bin"),
-    )
+    ).where(durations.c.status.in_(FINISHED))
 
 
 async def finished_histogram(conn: AsyncConnection, window: Window) -> list[Row[Any]]:
