@@ -37,8 +37,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_prefix: str = "dts"
 
-    # Workers (seed names). MAX_WORKERS sizes each worker node's thread and process pools.
+    # Workers (seed names). MAX_WORKERS: tasks a worker node runs at once by default, and the
+    # size of its thread and process pools.
     max_workers: int = Field(default=10, ge=1)
+    # A worker's --database-url: run its starts and reports in process (PostgreSQL only).
+    worker_database_url: str | None = None
     task_timeout: int = Field(default=300, ge=1)
     heartbeat_interval: float = Field(default=30.0, gt=0)
 

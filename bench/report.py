@@ -67,7 +67,11 @@ def table(document: Json) -> str:
         cells += [ratio(results, path, better, s) for s in ours]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     when, revision = document.get("started", "?"), document.get("revision", "?")
-    lines += ["", f"Run of {when} at {revision}: {document.get('setup', '')}."]
+    lines += [
+        "",
+        "Ratios are ours / best peer: above 1 is better for rates, below 1 for latencies.",
+    ]
+    lines += [f"Run of {when} at {revision}: {document.get('setup', '')}."]
     lines.append(f"Command: `{document.get('command', '')}`.")
     return "\n".join(lines)
 

@@ -323,3 +323,18 @@ async def test_the_lock_is_renewed_only_by_its_holder(services: Services) -> Non
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
     assert not await services.recovery._hold_lock()
+
+
+async def test_reconcile_does_not_queue_a_task_that_finished_after_it_looked(
+    services: Services,
+) -> None:
+    """Its read of pending tasks is older than its look-ups in Redis: a task claimed, run and
+    finished in between is in neither, and must not come back to the queue."""
+    from types import SimpleNamespace
+
+    await submit(services, "t1")
+    [(task_id, attempt)] = await run_next(services, "w1")
+    stale_read = [SimpleNamespace(task_id=task_id, task_type="echo", priority=1, scheduled_at=None)]
+    await services.scheduler.report("w1", [report(task_id, attempt, AttemptOutcome.COMPLETED)])
+    assert await services.recovery._requeue_missing(stale_read) == 0  # type: ignore[arg-type]
+    assert await services.queue.queued_ids("echo") == []

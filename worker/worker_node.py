@@ -512,7 +512,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
     parser.add_argument("--heartbeat-interval", type=float, default=None)
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("WORKER_DATABASE_URL"),
+        default=settings.worker_database_url,
         help="run the guarded transitions in this process against this database instead of "
         "through the API (env WORKER_DATABASE_URL; see docs/architecture.md)",
     )

@@ -270,9 +270,25 @@ class Recovery:
             known = await self.queue.is_known(chunk)
             missing += [task for task, k in zip(chunk, known, strict=True) if not k]
         if missing:
+            missing = await self._still_ready(missing)
+        if missing:
             log.warning("reconcile.requeued", count=len(missing))
             await self.queue.enqueue(missing)
         return len(missing)
+
+    async def _still_ready(self, tasks: list[ReadyTask]) -> list[ReadyTask]:
+        """The database read is older than the Redis look-ups: a task a worker claimed, ran and
+        finished in between is in neither and must not be queued again (it would only be
+        refused at its start, but each is a wasted claim and a false warning)."""
+        async with self.db.read() as conn:
+            heads = await repo.task_heads(conn, [t.task_id for t in tasks])
+        return [
+            t
+            for t in tasks
+            if (head := heads.get(t.task_id)) is not None
+            and head.status == TaskStatus.PENDING
+            and head.remaining_dependencies == 0
+        ]
 
     async def on_startup(self) -> None:
         """Make Redis agree with the database before serving: rebuild it if it lost its data,
