@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(default=300.0, ge=0)
     # Seconds of waiting worth one priority level; 0 keeps strict priority order.
     priority_aging_seconds: float = Field(default=0.0, ge=0)
+    # A pending task whose type no live worker can run fails after waiting this many seconds
+    # (unset: it waits for such a worker for ever).
+    expire_unroutable_after: float | None = Field(default=None, gt=0)
 
     @field_validator("log_level")
     @classmethod

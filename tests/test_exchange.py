@@ -71,6 +71,10 @@ async def test_a_report_from_another_worker_is_refused(services: Services) -> No
     assert await claim_and_start(services, "w1") == {"t1": 1}
     forged = await services.scheduler.exchange("w2", [done("t1", 1, "forged")], [])
     assert forged.refused_reports == ["t1"]
+    for outcome in (AttemptOutcome.ERROR, AttemptOutcome.RELEASED, AttemptOutcome.CANCELLED):
+        other = TaskReport(task_id="t1", attempt=1, outcome=outcome, error="forged")
+        answer = await services.scheduler.exchange("w2", [other], [])
+        assert answer.refused_reports == ["t1"], outcome
     assert (await get(services, "t1")).status == "running"
     assert await owner(services, "t1") == b"w1#1"  # w2's message did not free w1's lease
     real = await services.scheduler.exchange("w1", [done("t1", 1, "real")], [])

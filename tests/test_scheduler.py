@@ -338,3 +338,23 @@ async def test_reconcile_does_not_queue_a_task_that_finished_after_it_looked(
     await services.scheduler.report("w1", [report(task_id, attempt, AttemptOutcome.COMPLETED)])
     assert await services.recovery._requeue_missing(stale_read) == 0  # type: ignore[arg-type]
     assert await services.queue.queued_ids("echo") == []
+
+
+async def test_a_task_no_live_worker_can_run_expires_when_asked_to(services: Services) -> None:
+    from app.models.worker import WorkerRegister
+
+    await services.workers.register(WorkerRegister(worker_id="w1", capabilities=["echo"]))
+    await submit(services, "typo", task_type="ecoh")
+    await submit(services, "after-typo", dependencies=["typo"])
+    await submit(services, "fine")
+    assert await services.recovery.expire_unroutable() == 0  # off by default
+    services.settings.expire_unroutable_after = 0.05
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await services.recovery.expire_unroutable():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    typo, after, fine = [await get(services, t) for t in ("typo", "after-typo", "fine")]
+    assert (typo.status, typo.error) == ("failed", "no live worker can run task type 'ecoh'")
+    assert (after.status, after.error) == ("failed", "dependency 'typo' failed")
+    assert fine.status == "pending"
+    assert await services.queue.queued_ids("ecoh") == []

@@ -221,7 +221,8 @@ def _bucket_of(series: dict[str, Any], moment: datetime) -> dict[str, Any]:
 
 
 async def test_timeseries_buckets_counts_rates_and_latency(api: httpx.AsyncClient) -> None:
-    end = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
+    # Mid-minute: a finish time on a bucket edge would be placed by float rounding (SQLite).
+    end = (datetime.now(UTC) - timedelta(minutes=3)).replace(second=30, microsecond=0)
     # Three completed (queue wait, run time) and one failed; no duration sits on a bin edge,
     # where float rounding of the timestamps would decide the bin.
     for i, (wait, run) in enumerate([(1.2, 12), (2, 20), (3, 30)]):

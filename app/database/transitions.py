@@ -13,10 +13,20 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Boolean, bindparam, column, exists, insert, select, text, update
+from sqlalchemy import (
+    Boolean,
+    bindparam,
+    column,
+    exists,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from app.database.tables import attempts, dependencies, tasks
 from app.models.task import FINAL_STATUSES, AttemptOutcome, ReadyTask, TaskStatus
@@ -32,6 +42,15 @@ P, R, C, F, X = (
 
 # What the transport needs to queue a task again (see _ready).
 ROUTING = (tasks.c.task_id, tasks.c.task_type, tasks.c.priority, tasks.c.scheduled_at)
+
+
+def _current(task_id: str, attempt: int, worker_id: str | None) -> list[ColumnElement[bool]]:
+    """The guard of every ending of an attempt: still running, still this attempt, and, for a
+    worker's report, still this worker's (the sweeper, acting for no worker, passes None)."""
+    guard = [tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt]
+    if worker_id is not None:
+        guard.append(tasks.c.worker_id == worker_id)
+    return guard
 
 
 def _ready(row: Row[Any]) -> ReadyTask:
@@ -261,6 +280,7 @@ async def retry(
     run_at: datetime,
     now: datetime,
     extra_attempts: int = 0,
+    worker_id: str | None = None,
 ) -> ReadyTask | None:
     """running -> pending (to run again at run_at) while attempts remain; None when none remain
     or the report is stale. `extra_attempts` allows re-runs beyond max_retries (lost workers)."""
@@ -268,9 +288,7 @@ async def retry(
         await conn.execute(
             update(tasks)
             .where(
-                tasks.c.task_id == task_id,
-                tasks.c.status == R,
-                tasks.c.attempt == attempt,
+                *_current(task_id, attempt, worker_id),
                 tasks.c.attempt - tasks.c.attempt_base <= tasks.c.max_retries + extra_attempts,
             )
             .values(
@@ -298,13 +316,14 @@ async def fail(
     outcome: AttemptOutcome,
     error: str | None,
     now: datetime,
+    worker_id: str | None = None,
 ) -> list[str] | None:
     """running -> failed for the current attempt; its pending dependents fail with it.
     Returns the ids of the dependents that failed, or None when the report was stale."""
     row = (
         await conn.execute(
             update(tasks)
-            .where(tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt)
+            .where(*_current(task_id, attempt, worker_id))
             .values(status=F, error=error, completed_at=now, updated_at=now, lease_expires_at=None)
             .returning(tasks.c.has_dependents)
         )
@@ -350,12 +369,13 @@ async def requeue(
     outcome: AttemptOutcome,
     now: datetime,
     error: str | None = None,
+    worker_id: str | None = None,
 ) -> ReadyTask | None:
     """running -> pending at once: the attempt ended without a verdict (handed back)."""
     row = (
         await conn.execute(
             update(tasks)
-            .where(tasks.c.task_id == task_id, tasks.c.status == R, tasks.c.attempt == attempt)
+            .where(*_current(task_id, attempt, worker_id))
             .values(
                 status=P, worker_id=None, scheduled_at=None, updated_at=now, lease_expires_at=None
             )
@@ -439,6 +459,45 @@ def rows_source(
     )
     aliases = ", ".join(f"column{i + 1} AS {c}" for i, (c, _t) in enumerate(columns))
     return f"(SELECT {aliases} FROM (VALUES {values})) AS {name}", params
+
+
+async def expire_unroutable(
+    conn: AsyncConnection, *, live_types: Sequence[str], waited_since: datetime, now: datetime
+) -> list[str]:
+    """pending -> failed for tasks that waited since before `waited_since` for a type no live
+    worker can run (a page at a time); their dependents fail with them. Returns every id
+    failed."""
+    rows = (
+        await conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.task_id.in_(
+                    select(tasks.c.task_id)
+                    .where(
+                        tasks.c.status == P,
+                        tasks.c.created_at < waited_since,
+                        tasks.c.task_type.not_in(list(live_types)),
+                    )
+                    .limit(1000)
+                    .scalar_subquery()
+                ),
+                tasks.c.status == P,
+            )
+            .values(
+                status=F,
+                error=literal("no live worker can run task type '") + tasks.c.task_type + "'",
+                completed_at=now,
+                updated_at=now,
+            )
+            .returning(tasks.c.task_id, tasks.c.has_dependents)
+        )
+    ).all()
+    failed = [r.task_id for r in rows]
+    for r in rows:
+        if r.has_dependents:
+            reason = f"dependency '{r.task_id}' failed"
+            failed += await end_dependents(conn, r.task_id, status=F, reason=reason, now=now)
+    return failed
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ TRANSITIONS: dict[str, tuple[frozenset[TaskStatus], TaskStatus]] = {
     "retry": (frozenset({TaskStatus.RUNNING}), TaskStatus.PENDING),
     "requeue": (frozenset({TaskStatus.RUNNING}), TaskStatus.PENDING),
     "fail_dependents": (frozenset({TaskStatus.PENDING}), TaskStatus.FAILED),
+    "expire": (frozenset({TaskStatus.PENDING}), TaskStatus.FAILED),
     "cancel": (frozenset({TaskStatus.PENDING, TaskStatus.RUNNING}), TaskStatus.CANCELLED),
     "manual_retry": (frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED}), TaskStatus.PENDING),
 }

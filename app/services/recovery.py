@@ -96,6 +96,7 @@ class Recovery:
             self.sweep_expired,
             self.restore_missing_leases,
             self.workers.mark_silent_offline,
+            self.expire_unroutable,
             self._record_depths,
         ]
         for step in steps:
@@ -109,13 +110,32 @@ class Recovery:
             self.scheduler.redis_behind = False
             await self.reconcile_page()
 
+    async def expire_unroutable(self) -> int:
+        """Fail pending tasks that waited longer than EXPIRE_UNROUTABLE_AFTER for a type no live
+        worker can run, and their dependents (off unless set): a typo in a task type must not
+        wait for ever."""
+        after = self.settings.expire_unroutable_after
+        if after is None:
+            return 0
+        now = datetime.now(UTC)
+        live = sorted(await self.workers.live_capabilities())
+        waited_since = now - timedelta(seconds=after)
+        async with self.db.transaction() as conn:
+            failed = await transitions.expire_unroutable(
+                conn, live_types=live, waited_since=waited_since, now=now
+            )
+        if failed:
+            log.warning("tasks.expired_unroutable", count=len(failed), task_ids=failed[:10])
+            await self.queue.forget(failed)
+        return len(failed)
+
     async def _rebuild_if_lost(self) -> None:
         if not await self.queue.redis.exists(self.queue.keys.epoch):
             await self.rebuild_redis()
 
     async def _record_depths(self) -> None:
         for task_type, depth in (await self.queue.queue_depths()).items():
-            monitoring.QUEUE_DEPTH.labels(task_type).set(depth)
+            monitoring.QUEUE_DEPTH.labels(monitoring.task_type_label(task_type)).set(depth)
 
     async def _hold_lock(self) -> bool:
         """Take or keep the sweeper lock (lock.lua, one atomic step); it expires on its own if

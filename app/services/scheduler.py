@@ -121,7 +121,7 @@ class Scheduler:
             await self._tell_redis(self.queue.enqueue(ready))
         for new, outcome in zip(batch, admitted, strict=True):
             if outcome.created:
-                monitoring.TASKS_SUBMITTED.labels(new.task_type).inc()
+                monitoring.TASKS_SUBMITTED.labels(monitoring.task_type_label(new.task_type)).inc()
         log.info(
             "tasks.submitted",
             count=sum(a.created for a in admitted),
@@ -277,7 +277,7 @@ class Scheduler:
         for report in reports:
             if report.outcome == AttemptOutcome.COMPLETED:
                 continue
-            outcome = await self._record_one(conn, report, now)
+            outcome = await self._record_one(conn, worker_id, report, now)
             if outcome is not None:
                 monitoring.ATTEMPTS_ENDED.labels(report.outcome).inc()
                 accepted.append(report.task_id)
@@ -285,12 +285,18 @@ class Scheduler:
         return accepted, to_queue
 
     async def _record_one(
-        self, conn: Any, report: TaskReport, now: datetime
+        self, conn: Any, worker_id: str, report: TaskReport, now: datetime
     ) -> list[ReadyTask] | None:
-        """Apply one report that is not a completion; returns tasks to queue, or None when stale."""
+        """Apply one report that is not a completion; returns tasks to queue, or None when stale
+        (or not this worker's attempt)."""
         if report.outcome == AttemptOutcome.RELEASED:
             ready = await transitions.requeue(
-                conn, report.task_id, report.attempt, outcome=report.outcome, now=now
+                conn,
+                report.task_id,
+                report.attempt,
+                outcome=report.outcome,
+                now=now,
+                worker_id=worker_id,
             )
             return None if ready is None else [ready]
         if retry_policy.is_retryable(report.outcome):
@@ -308,6 +314,7 @@ class Scheduler:
                 error=report.error,
                 run_at=run_at,
                 now=now,
+                worker_id=worker_id,
             )
             if ready is not None:
                 return [ready]
@@ -318,6 +325,7 @@ class Scheduler:
             outcome=report.outcome,
             error=report.error,
             now=now,
+            worker_id=worker_id,
         )
         return None if doomed is None else []
 

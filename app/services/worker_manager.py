@@ -62,6 +62,15 @@ class WorkerManager:
         async with self.db.transaction() as conn:
             return await repo.list_workers(conn)
 
+    async def live_capabilities(self) -> set[str]:
+        """Task types at least one worker that is not offline can run."""
+        return {
+            c
+            for w in await self.list_all()
+            if w.status != WorkerStatus.OFFLINE
+            for c in w.capabilities
+        }
+
     async def mark_silent_offline(self) -> list[str]:
         silent_since = datetime.now(UTC) - timedelta(seconds=self.settings.worker_offline_after)
         async with self.db.transaction() as conn:

@@ -19,3 +19,18 @@ QUEUE_WAIT = Histogram(
     "Time from submission to the start of an attempt",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+
+
+# Task types are user input: every new one would be a new time series in every scraper. Past this
+# many distinct types, the rest are counted under "other".
+MAX_TASK_TYPE_LABELS = 200
+_task_type_labels: set[str] = set()
+
+
+def task_type_label(task_type: str) -> str:
+    if task_type in _task_type_labels:
+        return task_type
+    if len(_task_type_labels) < MAX_TASK_TYPE_LABELS:
+        _task_type_labels.add(task_type)
+        return task_type
+    return "other"
