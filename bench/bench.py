@@ -1159,7 +1159,7 @@ def _cell(value: Any) -> str:
         return "yes" if value else "NO"
     if isinstance(value, float):
         return f"{value:,.1f}"
-    return str(value)
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def format_table(results: dict[str, Json]) -> str:

@@ -82,6 +82,7 @@ from app.utils.embedded_servers import (  # noqa: E402
     free_port,
     parent_death_preexec,
 )
+from bench import CLOCK_TICKS, machine_busy_seconds  # noqa: E402
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 600.0  # the API rebuilds Redis from the store before it answers
@@ -333,14 +334,7 @@ async def wait_healthy(base: str, proc: subprocess.Popen[bytes]) -> None:
 # The shared machine: wait for quiet, and account for what other processes used
 # --------------------------------------------------------------------------------------------- #
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds spent not idle, summed over all CPUs, since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS  # minus idle and iowait
 
 
 def own_cpu_seconds(roots: set[int]) -> float:

@@ -16,44 +16,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from side_by_side import HIGHER, LOWER, Row, _get, ratios
+
 START, END = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
 SYSTEMS = {"celery": "Celery", "dramatiq": "Dramatiq", "ours-sqlite": "ours, SQLite"}
 SYSTEMS["ours-postgres"] = "ours, PostgreSQL"
-# (label, path in each system's results, better: "higher", "lower" or None for context)
-ROWS: list[tuple[str, tuple[str, ...], str | None]] = [
-    ("Drain of 10k pre-loaded no-op tasks (tasks/s)", ("drain", "drain_tasks_per_s"), "higher"),
-    ("Enqueue, 1 producer, no workers (tasks/s)", ("enqueue", "tasks_per_s"), "higher"),
-    ("Enqueue, 16 producers, workers running (tasks/s)", ("enqueue_live", "tasks_per_s"), "higher"),
-    ("200/s open loop: rate achieved (tasks/s)", ("latency", "achieved_rate"), None),
-    ("200/s open loop: submit→start p50 (ms)", ("latency", "submit_to_start_ms", "p50"), "lower"),
-    ("200/s open loop: submit→start p99 (ms)", ("latency", "submit_to_start_ms", "p99"), "lower"),
-    ("Others' CPU during the drain (% of machine)", ("drain", "cpu", "others_pct"), None),
-    ("Others' CPU during the open loop (% of machine)", ("latency", "cpu", "others_pct"), None),
+# (label, path in each system's results, which way is better: None for context, no ratio)
+LATENCY = ("latency", "submit_to_start_ms")
+ROWS = [
+    Row("Drain of 10k queued no-op tasks (tasks/s)", ("drain", "drain_tasks_per_s"), "", HIGHER),
+    Row("Enqueue, 1 producer, no workers (tasks/s)", ("enqueue", "tasks_per_s"), "", HIGHER),
+    Row("Enqueue, 16 producers, workers on (tasks/s)", ("enqueue_live", "tasks_per_s"), "", HIGHER),
+    Row("200/s open loop: rate achieved (tasks/s)", ("latency", "achieved_rate"), ""),
+    Row("200/s open loop: submit→start p50 (ms)", (*LATENCY, "p50"), "", LOWER),
+    Row("200/s open loop: submit→start p99 (ms)", (*LATENCY, "p99"), "", LOWER),
+    Row("Others' CPU during the drain (% of machine)", ("drain", "cpu", "others_pct"), ""),
+    Row("Others' CPU during the open loop (% of machine)", ("latency", "cpu", "others_pct"), ""),
 ]
 Json = dict[str, Any]
 
 
-def value(results: Json, system: str, path: tuple[str, ...]) -> float | None:
-    found: Any = results.get(system, {})
-    for key in path:
-        found = found.get(key) if isinstance(found, dict) else None
-    return float(found) if isinstance(found, int | float) else None
-
-
-def cell(number: float | None) -> str:
-    if number is None:
+def cell(number: Any) -> str:
+    if not isinstance(number, int | float):
         return "-"
     return f"{number:,.0f}" if abs(number) >= 100 else f"{number:,.1f}"
-
-
-def ratio(results: Json, path: tuple[str, ...], better: str | None, ours: str) -> str:
-    peers = [value(results, s, path) for s in ("celery", "dramatiq")]
-    known = [p for p in peers if p]
-    mine = value(results, ours, path)
-    if better is None or not known or mine is None:
-        return ""
-    best = max(known) if better == "higher" else min(known)
-    return f"{mine / best:.2f}×"
 
 
 def table(document: Json) -> str:
@@ -62,10 +48,11 @@ def table(document: Json) -> str:
     ours = [s for s in systems if s.startswith("ours-")]
     header = ["", *(SYSTEMS[s] for s in systems), *(f"{SYSTEMS[s]} / best peer" for s in ours)]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for label, path, better in ROWS:
-        cells = [cell(value(results, s, path)) for s in systems]
-        cells += [ratio(results, path, better, s) for s in ours]
-        lines.append("| " + " | ".join([label, *cells]) + " |")
+    for row in ROWS:
+        found = ratios(results, row)  # the side-by-side's own: ours / best peer
+        cells = [cell(_get(results.get(s, {}), row.path)) for s in systems]
+        cells += [f"{found[s]:.2f}×" if s in found else "" for s in ours]
+        lines.append("| " + " | ".join([row.label, *cells]) + " |")
     when, revision = document.get("started", "?"), document.get("revision", "?")
     lines += [
         "",

@@ -599,16 +599,6 @@ def ratios(results: Json, row: Row) -> dict[str, float]:
     return found
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:,.1f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
 def format_table(results: Json, opts: Options) -> tuple[str, Json]:
     systems = list(results)
     ours = [s for s in systems if s.startswith("ours-")]
@@ -616,7 +606,7 @@ def format_table(results: Json, opts: Options) -> tuple[str, Json]:
     header = f"{'measure':<44}{'unit':<10}" + "".join(f"{n:>15}" for n in names)
     lines, table = [header, "-" * len(header)], {}
     for row in rows(opts):
-        cells = [_cell(_get(results[s], row.path)) for s in systems]
+        cells = [bench._cell(_get(results[s], row.path)) for s in systems]
         if all(c == "-" for c in cells):
             continue
         found = ratios(results, row)

@@ -15,8 +15,6 @@ from app.models.task import TaskReport
 from app.models.worker import (
     ExchangeResponse,
     RegisterResponse,
-    ReportResponse,
-    StartResponse,
     WorkerHeartbeat,
     WorkerRegister,
 )
@@ -41,7 +39,7 @@ class SchedulerClient:
 
     async def _post(self, path: str, body: Any, *, attempts: int | None = None) -> httpx.Response:
         """POST with exponential backoff on connection errors and 5xx; `attempts=None` retries
-        until it succeeds (used for reports, which must never be dropped)."""
+        until it succeeds (registration: a worker has nothing to do before it)."""
         delay, tried = 0.1, 0
         while True:
             tried += 1
@@ -70,21 +68,6 @@ class SchedulerClient:
         if response.status_code == 404:
             raise WorkerUnknown(worker_id)
         response.raise_for_status()
-
-    async def start(self, worker_id: str, task_ids: Sequence[str]) -> StartResponse:
-        response = await self._post(
-            f"/api/workers/{worker_id}/start", {"task_ids": list(task_ids)}, attempts=5
-        )
-        response.raise_for_status()
-        return StartResponse.model_validate_json(response.content)
-
-    async def report(
-        self, worker_id: str, reports: Sequence[TaskReport], *, attempts: int | None = None
-    ) -> ReportResponse:
-        body = {"reports": [r.model_dump(mode="json") for r in reports]}
-        response = await self._post(f"/api/workers/{worker_id}/reports", body, attempts=attempts)
-        response.raise_for_status()
-        return ReportResponse.model_validate_json(response.content)
 
     async def exchange(
         self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]

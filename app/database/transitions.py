@@ -82,6 +82,18 @@ async def start(
     return rows
 
 
+# What a worker needs to run an attempt (and when its task was created, for the queue wait).
+TO_RUN = (
+    tasks.c.task_id,
+    tasks.c.task_type,
+    tasks.c.payload,
+    tasks.c.attempt,
+    tasks.c.timeout,
+    tasks.c.correlation_id,
+    tasks.c.created_at,
+)
+
+
 # PostgreSQL: the start of a whole claim batch and its attempt rows in one round trip (a
 # data-modifying CTE). attempt + 1 is the fencing token of this run.
 START_PG = (
@@ -106,16 +118,7 @@ START_PG = (
         bindparam("now", type_=tasks.c.updated_at.type),
         bindparam("lease_until", type_=tasks.c.updated_at.type),
     )
-    .columns(
-        tasks.c.task_id,
-        tasks.c.task_type,
-        tasks.c.payload,
-        tasks.c.attempt,
-        tasks.c.timeout,
-        tasks.c.correlation_id,
-        tasks.c.created_at,
-        column("has_dependencies", Boolean),
-    )
+    .columns(*TO_RUN, column("has_dependencies", Boolean))
 )
 
 
@@ -165,16 +168,9 @@ async def _start_portable(
     return rows
 
 
-# What a worker needs to run an attempt; `has_dependencies` saves the dependency-results query
-# for the common task that has none.
+# `has_dependencies` saves the dependency-results query for the common task that has none.
 STARTED = (
-    tasks.c.task_id,
-    tasks.c.task_type,
-    tasks.c.payload,
-    tasks.c.attempt,
-    tasks.c.timeout,
-    tasks.c.correlation_id,
-    tasks.c.created_at,
+    *TO_RUN,
     exists()
     .where(dependencies.c.task_id == tasks.c.task_id)
     .correlate(tasks)
