@@ -3,7 +3,7 @@
 
     python bench/large_store.py [--backend postgres|sqlite|both] [--tasks 1000000] [--days 10]
         [--pending-tasks 1000000] [--requests 200] [--quiet-wait 60] [--max-others 20]
-        [--retries 2] [--json bench/results/large_store.json]
+        [--retries 2] [--reconcile-only] [--json bench/results/large_store.json [--json-key K]]
 
 For each backend it builds a private store (PostgreSQL: a new server on a free port; SQLite: a
 file), migrates it to 0001, seeds --tasks synthetic tasks spread over --days (PostgreSQL: COPY;
@@ -17,10 +17,16 @@ Valkey and the API (uvicorn app.main:app) on 127.0.0.1.
   compute    the aggregates the API serves from snapshots past SNAPSHOT_ROWS, timed in-process
              without the snapshot: what one refresh costs.
   reconcile  Recovery.reconcile_page in-process, against a Redis that holds every pending task:
-             a steady call, a call that must find a task changed 3 s ago and missing from Redis,
-             and how many calls the sweep needs for one changed long ago; with the old query
-             (task-id order, no index) timed beside it. Repeated on a second store of
-             --pending-tasks pending tasks (PostgreSQL only; 0 skips it).
+             a call that reads one sweep page, a call that must find a task changed 3 s ago and
+             missing from Redis, the Redis check of a 1,000-task page (known.lua against the
+             old pipeline of ZSCOREs: CPU of this process, which plays the API), the count that
+             sizes a pass, and the time to find a task lost just behind the sweep with calls at
+             the maintenance loop's cadence (one every 5 s): one full pass, bounded by
+             Recovery.RECONCILE_FULL_PASS, with each call's time, CPU, pages and the longest
+             event-loop stall meanwhile. The old page query (task-id order, no index) is timed
+             beside the new one. Repeated on a second store of --pending-tasks pending tasks
+             (PostgreSQL only; 0 skips it). --reconcile-only builds only that pending store,
+             on each --backend, and measures only this.
 
 The machine may be shared: before each measurement it waits up to --quiet-wait s for the
 machine to be under 15 % busy, records `others_pct` (the share of the machine that processes
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -58,7 +65,7 @@ from typing import Any
 
 import httpx
 from redis.asyncio import Redis
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import insert, select, text, update
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))  # run as a script: make `app` importable
@@ -71,8 +78,7 @@ from app.database import repositories as repo  # noqa: E402
 from app.database.connection import Database, alembic_config  # noqa: E402
 from app.database.tables import READY_PREDICATE, tasks  # noqa: E402
 from app.models.task import ReadyTask  # noqa: E402
-from app.services import recovery as recovery_module  # noqa: E402
-from app.services.message_queue import RedisQueue  # noqa: E402
+from app.services.message_queue import RedisQueue, delayed_member  # noqa: E402
 from app.services.recovery import Recovery  # noqa: E402
 from app.services.scheduler import Scheduler  # noqa: E402
 from app.services.worker_manager import WorkerManager  # noqa: E402
@@ -105,6 +111,8 @@ class Options:
     max_others: float
     retries: int
     json_out: Path | None
+    json_key: str | None
+    reconcile_only: bool
     keep: bool
 
 
@@ -123,6 +131,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     p.add_argument("--retries", type=int, default=2, help="repeats allowed per case")
     p.add_argument("--json", dest="json_out", type=Path)
+    p.add_argument(
+        "--json-key", help="write the report under this key of the --json file, keeping the rest"
+    )
+    p.add_argument(
+        "--reconcile-only", action="store_true", help="only the pending store's reconciliation"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
     backends = ["postgres", "sqlite"] if args.backend == "both" else [args.backend]
@@ -136,6 +150,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         max_others=args.max_others,
         retries=max(0, args.retries),
         json_out=args.json_out,
+        json_key=args.json_key,
+        reconcile_only=args.reconcile_only,
         keep=args.keep,
     )
 
@@ -610,14 +626,143 @@ async def new_query_ms(w: Wired, ids: Sequence[str]) -> Json:
     return summary(samples)
 
 
-async def sweep_until_found(w: Wired, task: ReadyTask, *, limit: int) -> Json:
-    calls, started = 0, time.perf_counter()
-    while calls < limit:
-        calls += 1
+# The maintenance loop calls reconcile_page every 5 sweeps (SWEEP_INTERVAL, 1 s by default).
+CALL_EVERY = 5.0
+
+
+async def ready_ids(w: Wired) -> list[str]:
+    async with w.db.read() as conn:
+        return list(
+            (await conn.execute(select(tasks.c.task_id).where(text(READY_PREDICATE)))).scalars()
+        )
+
+
+async def cpu_wall_ms(job: Awaitable[Any]) -> tuple[float, float]:
+    """CPU of this process and wall time of `job`, in ms."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    await job
+    return (time.process_time() - cpu) * 1000, (time.perf_counter() - wall) * 1000
+
+
+async def pipeline_check(queue: RedisQueue, batch: Sequence[ReadyTask]) -> None:
+    """The Redis check before known.lua: three ZSCOREs a task in a pipeline, 25 tasks a trip."""
+    for start in range(0, len(batch), 25):
+        async with queue.redis.pipeline(transaction=False) as pipe:
+            for task in batch[start : start + 25]:
+                pipe.zscore(queue.keys.queue(task.task_type), task.task_id)
+                pipe.zscore(queue.keys.active, task.task_id)
+                pipe.zscore(queue.keys.delayed, delayed_member(task))
+            await pipe.execute()
+
+
+async def check_one_page(w: Wired) -> Json:
+    """The Redis check of a page of 1,000 pending tasks that Redis holds, 10 times each way:
+    CPU of this process (the API's event loop) and wall time, p50."""
+    async with w.db.read() as conn:
+        rows = await repo.pending_ready_after(conn, None, limit=1000)
+    batch = [ReadyTask(r.task_id, r.task_type, r.priority, r.scheduled_at) for r in rows]
+    found: Json = {"tasks": len(rows)}
+    jobs: dict[str, Callable[[], Awaitable[Any]]] = {
+        "known_lua": lambda: w.queue.missing(batch),
+        "old_pipeline": lambda: pipeline_check(w.queue, batch),
+        # What a sweep page costs after its query: rows to tasks, and the checks in chunks.
+        "requeue_missing_of_rows": lambda: w.recovery._requeue_missing(rows),
+    }
+    for label, job in jobs.items():
+        runs = [await cpu_wall_ms(job()) for _ in range(10)]
+        found[label] = {
+            "cpu_ms_p50": round(percentile([c for c, _ in runs], 50), 2),
+            "wall_ms_p50": round(percentile([m for _, m in runs], 50), 2),
+        }
+    return found
+
+
+class LoopLag:
+    """How long the event loop went without running a 1 ms sleeper, while it runs: the longest
+    gap in wall time (which includes waiting for a CPU on a busy machine), the most CPU this
+    thread spent within one gap (our own code holding the loop: what other requests wait out),
+    and the longest garbage collection, which holds the loop too."""
+
+    def __init__(self) -> None:
+        self.worst_wall = self.worst_cpu = self.worst_gc = 0.0
+        self._gc_began = 0.0
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.create_task(self._watch())
+
+    def _on_gc(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_began = time.thread_time()
+        else:
+            self.worst_gc = max(self.worst_gc, time.thread_time() - self._gc_began)
+
+    async def _watch(self) -> None:
+        while True:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            await asyncio.sleep(0.001)
+            self.worst_wall = max(self.worst_wall, time.perf_counter() - wall - 0.001)
+            self.worst_cpu = max(self.worst_cpu, time.thread_time() - cpu)
+
+    async def stop(self) -> Json:
+        gc.callbacks.remove(self._on_gc)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return {
+            "longest_stall_ms": round(self.worst_wall * 1000, 1),
+            "longest_hold_cpu_ms": round(self.worst_cpu * 1000, 1),
+            "longest_gc_cpu_ms": round(self.worst_gc * 1000, 1),
+        }
+
+
+async def paced_call(w: Wired) -> Json:
+    """One reconcile call: wall and CPU ms, and how many sweep pages it read."""
+    prior = w.recovery._sweep
+    before = prior.read if prior is not None else 0
+    cpu_ms, wall_ms = await cpu_wall_ms(w.recovery.reconcile_page())
+    sweep = w.recovery._sweep
+    pages = 0 if sweep is None else sweep.read - before if sweep is prior else sweep.read
+    return {"cpu_ms": cpu_ms, "wall_ms": wall_ms, "pages": pages}
+
+
+async def lost_behind_the_sweep(w: Wired, roots: set[int]) -> Json:
+    """Time to find a task lost just behind the sweep, calls every CALL_EVERY s: the sweep must
+    come round again, one full pass (the worst place to lose a task)."""
+    w.recovery._reconcile_cursor = ""
+    for _ in range(2):  # a pass begins, and is on its way
         await w.recovery.reconcile_page()
-        if (await w.queue.is_known([task]))[0]:
+        await asyncio.sleep(CALL_EVERY)
+    behind = repo.ReadyKey.parse(w.recovery._reconcile_cursor)
+    assert behind is not None, "the pass ended in two calls: too few pending tasks"
+    lost = await lose(w, behind.task_id, changed=None)
+    others, lag, lost_at = Others(roots), LoopLag(), time.perf_counter()
+    calls: list[Json] = []
+    limit = int(6 * Recovery.RECONCILE_FULL_PASS / CALL_EVERY) + 2  # a busy machine lags
+    while len(calls) < limit:
+        started = time.perf_counter()
+        calls.append(await paced_call(w))
+        if (await w.queue.is_known([lost]))[0]:
             break
-    return {"calls": calls, "seconds": round(time.perf_counter() - started, 1)}
+        await asyncio.sleep(max(0.0, started + CALL_EVERY - time.perf_counter()))
+    seconds = time.perf_counter() - lost_at
+    return {
+        "found": (await w.queue.is_known([lost]))[0],
+        "seconds": round(seconds, 1),
+        "calls": len(calls),
+        "full_pass_bound_s": Recovery.RECONCILE_FULL_PASS,
+        "call_every_s": CALL_EVERY,
+        "pages_per_call_max": max(c["pages"] for c in calls),
+        "call_wall_ms": summary([c["wall_ms"] for c in calls]),
+        "call_cpu_ms": summary([c["cpu_ms"] for c in calls]),
+        "cpu_pct_of_one_core": round(sum(c["cpu_ms"] for c in calls) / seconds / 10, 1),
+        "event_loop": await lag.stop(),
+        "others_pct": others.pct(),
+    }
+
+
+async def count_ms(w: Wired) -> float:
+    async with w.db.read() as conn:
+        ms, _count = await timed_ms(repo.count_ready(conn, changed_before=datetime.now(UTC)))
+    return round(ms, 2)
 
 
 async def bench_reconcile(url: str, redis_url: str, opts: Options, roots: set[int]) -> Json:
@@ -626,38 +771,29 @@ async def bench_reconcile(url: str, redis_url: str, opts: Options, roots: set[in
     try:
         await w.redis.flushall()
         rebuild_ms, _ = await timed_ms(w.recovery.rebuild_redis())
-        async with w.db.read() as conn:
-            pending = (
-                await conn.execute(
-                    select(func.count()).select_from(tasks).where(text(READY_PREDICATE))
-                )
-            ).scalar_one()
-            ids: list[str] = list(
-                (await conn.execute(select(tasks.c.task_id).where(text(READY_PREDICATE)))).scalars()
-            )
+        assert await w.recovery._hold_lock()  # the sweep is the leader's
+        ids = await ready_ids(w)
         await wait_quiet(opts.quiet_wait)
         others = Others(roots)
-        steady = [(await timed_ms(w.recovery.reconcile_page()))[0] for _ in range(20)]
-        steady_others = others.pct()
+        w.recovery._reconcile_cursor = ""
+        one_page = [(await timed_ms(w.recovery.reconcile_page()))[0] for _ in range(20)]
+        one_page_others = others.pct()
         recent = await lose(w, ids[len(ids) // 2], changed=datetime.now(UTC) - timedelta(seconds=3))
         recent_ms, requeued = await timed_ms(w.recovery.reconcile_page())
-        found_recent = (await w.queue.is_known([recent]))[0]
-        # The worst case for the sweep: the task it has just passed.
-        behind = repo.ReadyKey.parse(w.recovery._reconcile_cursor)
-        old = await lose(w, behind.task_id if behind else ids[0], changed=None)
-        pages = -(-int(pending) // recovery_module.PAGE)
         return {
-            "pending_ready": int(pending),
+            "pending_ready": len(ids),
             "rebuild_redis_s": round(rebuild_ms / 1000, 1),
-            "steady_call": summary(steady) | {"others_pct": steady_others},
+            "call_reading_one_page": summary(one_page) | {"others_pct": one_page_others},
             "recently_changed_task_lost": {
                 "one_call_ms": round(recent_ms, 2),
                 "requeued": requeued,
-                "found_in_one_call": found_recent,
+                "found_in_one_call": (await w.queue.is_known([recent]))[0],
             },
-            "old_task_lost_sweep": await sweep_until_found(w, old, limit=pages + 2),
+            "check_one_page": await check_one_page(w),
+            "count_ready_ms": await count_ms(w),
             "query_one_page": await new_query_ms(w, ids),
             "old_query_one_page": await old_query_ms(w),
+            "old_task_lost_behind_the_sweep": await lost_behind_the_sweep(w, roots),
         }
     finally:
         await w.close()
@@ -702,15 +838,22 @@ async def run_pending_store(root: Path, url: str, opts: Options, roots: set[int]
 
 async def run_backend(backend: str, root: Path, opts: Options) -> Json:
     root.mkdir(parents=True, exist_ok=True)
+    if backend == "sqlite" and opts.reconcile_only:
+        url = f"sqlite+aiosqlite:///{root / 'pending.db'}"
+        return {"pending_only": await run_pending_store(root, url, opts, set())}
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{root / 'large.db'}"
         return {"mixed": await run_store(root, url, opts, set())}
     server = PostgresServer(root / "postgres", fsync=True, parent_death_signal=signal.SIGINT)
     server.start(timeout=60)
     try:
-        as_async = server.create_database("large").replace("postgresql://", "postgresql+asyncpg://")
         roots = {server.pid or 0}
-        found = {"mixed": await run_store(root, as_async, opts, roots)}
+        found: Json = {}
+        if not opts.reconcile_only:
+            as_async = server.create_database("large").replace(
+                "postgresql://", "postgresql+asyncpg://"
+            )
+            found["mixed"] = await run_store(root, as_async, opts, roots)
         if opts.pending_tasks:
             url = server.create_database("pending").replace(
                 "postgresql://", "postgresql+asyncpg://"
@@ -749,11 +892,18 @@ async def main(opts: Options) -> Json:
     return report
 
 
+def write_json(path: Path, key: str | None, result: Json) -> None:
+    """The report as the file, or under `key` of the file's object (the rest kept as it was)."""
+    if key is not None:
+        whole = json.loads(path.read_text()) if path.exists() else {}
+        result = whole | {key: result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
 if __name__ == "__main__":
     options = parse_args()
     result = asyncio.run(main(options))
-    text_out = json.dumps(result, indent=2, default=str)
     if options.json_out is not None:
-        options.json_out.parent.mkdir(parents=True, exist_ok=True)
-        options.json_out.write_text(text_out + "\n")
-    print(text_out)
+        write_json(options.json_out, options.json_key, result)
+    print(json.dumps(result, indent=2, default=str))

@@ -1,4 +1,5 @@
-"""The dashboard's only way to the scheduler: its HTTP API (URL from the API_URL variable).
+"""The dashboard's only way to the scheduler: its HTTP API (URL from the API_URL variable, key from
+API_KEY: a key with the read scope, plus submit and operate for the actions; docs/security.md).
 
 Every failure becomes an ApiError with a sentence an operator can act on; views show it and never
 a stack trace. Endpoints that an older API lacks answer NotSupported, so a view can degrade."""
@@ -18,6 +19,10 @@ TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 def api_url() -> str:
     return os.environ.get("API_URL", DEFAULT_API_URL).rstrip("/")
+
+
+def api_key() -> str | None:
+    return os.environ.get("API_KEY") or None
 
 
 class ApiError(Exception):
@@ -64,6 +69,10 @@ def _error_for(response: httpx.Response) -> ApiError:
     ):
         return NotSupported(f"{response.request.url.path} is not available on this API", status)
     message = describe_errors(body)
+    if status == 401:
+        return ApiError(f"the API wants a valid key: set API_KEY ({message})", status)
+    if status == 403:
+        return ApiError(f"the key in API_KEY may not do this ({message})", status)
     if status == 404:
         return NotFound(message, status)
     if status >= 500:
@@ -72,9 +81,19 @@ def _error_for(response: httpx.Response) -> ApiError:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        key: str | None = None,
+    ) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=TIMEOUT, transport=transport)
+        key = key or api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        self.http = httpx.Client(
+            base_url=base_url, timeout=TIMEOUT, transport=transport, headers=headers
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -147,8 +166,10 @@ class ApiClient:
         )["tasks"]
         return created
 
+    # The JSON content type (of an empty body) is what the API asks of state-changing calls
+    # made without a key: a cross-site HTML form cannot send it (app/api/limits.py).
     def cancel(self, task_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/api/tasks/{task_id}/cancel")
+        return self._call("POST", f"/api/tasks/{task_id}/cancel", json={})
 
     def retry(self, task_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/api/tasks/{task_id}/retry")
+        return self._call("POST", f"/api/tasks/{task_id}/retry", json={})

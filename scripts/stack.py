@@ -37,6 +37,7 @@ from app.utils.embedded_servers import (  # noqa: E402
     ValkeyServer,
     parent_death_preexec,
 )
+from app.utils.redact import mask_url  # noqa: E402
 
 API_START_TIMEOUT = 60.0  # cold start on a small machine imports a lot
 DASHBOARD_START_TIMEOUT = 60.0  # not fatal: the URL is printed anyway
@@ -247,7 +248,7 @@ class Stack:
 
     def _start_valkey(self) -> bool:
         if self.config.external_redis_url is not None:
-            say(f"using external Redis from REDIS_URL: {self.redis_url}")
+            say(f"using external Redis from REDIS_URL: {mask_url(self.redis_url)}")
             return True
         self.valkey = ValkeyServer(
             self.config.data_dir / "valkey",
@@ -281,7 +282,8 @@ class Stack:
 
     def _start_api(self) -> bool:
         cfg = self.config
-        cmd = [sys.executable, "-m", "uvicorn", "app.main:app"]
+        # app.main's own entry point: uvicorn with the header and connection limits of Settings.
+        cmd = [sys.executable, "-m", "app.main"]
         cmd += ["--host", cfg.api_host, "--port", str(cfg.api_port)]
         self.api = spawn("api", cmd, self._child_env(), STOP_TIMEOUT)
         ok = self._wait_http(f"{cfg.api_url}/health", self.api, API_START_TIMEOUT)
@@ -394,7 +396,7 @@ class Stack:
 
     def banner(self) -> str:
         cfg = self.config
-        redis = self.redis_url + ("" if self.valkey is None else "  (embedded Valkey)")
+        redis = mask_url(self.redis_url) + ("" if self.valkey is None else "  (embedded Valkey)")
         rows = [
             ("API", cfg.api_url),
             ("API docs", f"{cfg.api_url}/docs"),

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,9 @@ def settings(database_url: str, valkey: ValkeyServer) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=valkey.url,
+        # A loopback API: keys are not required, as on the one-command dev stack (test_auth.py
+        # covers the required mode).
+        api_host="127.0.0.1",
         lease_seconds=2.0,
         sweep_interval=0.2,
         heartbeat_interval=1.0,
@@ -147,15 +151,22 @@ async def services(settings: Settings, redis_client: Redis) -> AsyncIterator[Ser
     await wired.db.dispose()
 
 
-@pytest.fixture
-async def api(settings: Settings, redis_client: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    """The FastAPI app in-process (lifespan included) behind an httpx client."""
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process (lifespan included) behind an httpx client; `client.app` is the app."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+@pytest.fixture
+async def api(settings: Settings, redis_client: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    """The FastAPI app in-process (lifespan included) behind an httpx client."""
+    async with running(settings) as client:
+        yield client
 
 
 def seed_example(**overrides: Any) -> dict[str, Any]:

@@ -104,13 +104,13 @@ async def test_cancelling_a_pending_task_cancels_its_dependents(api: httpx.Async
     await api.post(
         "/api/tasks", json={"task_id": "child", "task_type": "echo", "dependencies": ["p"]}
     )
-    response = await api.post("/api/tasks/p/cancel")
+    response = await api.post("/api/tasks/p/cancel", json={})
     assert (response.status_code, response.json()["status"]) == (200, "cancelled")
     child = (await api.get("/api/tasks/child")).json()
     assert (child["status"], child["error"]) == ("cancelled", "dependency 'p' was cancelled")
-    again = await api.post("/api/tasks/p/cancel")
+    again = await api.post("/api/tasks/p/cancel", json={})
     assert again.status_code == 409
-    assert (await api.post("/api/tasks/nope/cancel")).status_code == 404
+    assert (await api.post("/api/tasks/nope/cancel", json={})).status_code == 404
 
 
 async def test_cancelling_a_running_task_refuses_its_late_result(api: httpx.AsyncClient) -> None:
@@ -118,7 +118,7 @@ async def test_cancelling_a_running_task_refuses_its_late_result(api: httpx.Asyn
     scheduler = scheduler_of(api)
     claimed = await scheduler.queue.claim("w", ["echo"], 1)
     await scheduler.start_claimed("w", claimed)
-    assert (await api.post("/api/tasks/r/cancel")).json()["status"] == "cancelled"
+    assert (await api.post("/api/tasks/r/cancel", json={})).json()["status"] == "cancelled"
     late = await scheduler.report(
         "w", [TaskReport(task_id="r", attempt=1, outcome=AttemptOutcome.COMPLETED)]
     )
@@ -132,7 +132,7 @@ async def test_manual_retry_runs_a_failed_task_again(api: httpx.AsyncClient) -> 
     await api.post("/api/tasks", json={"task_id": "f", "task_type": "fail", "max_retries": 0})
     await run_and_report(api, "f", AttemptOutcome.ERROR, error="first")
     assert (await api.get("/api/tasks/f")).json()["status"] == "failed"
-    retried = await api.post("/api/tasks/f/retry")
+    retried = await api.post("/api/tasks/f/retry", json={})
     assert (retried.status_code, retried.json()["status"], retried.json()["error"]) == (
         200,
         "pending",
@@ -145,7 +145,7 @@ async def test_manual_retry_runs_a_failed_task_again(api: httpx.AsyncClient) -> 
         2,
         "second time lucky",
     )
-    assert (await api.post("/api/tasks/f/retry")).status_code == 409
+    assert (await api.post("/api/tasks/f/retry", json={})).status_code == 409
 
 
 async def test_retrying_a_task_whose_dependency_failed_is_refused(api: httpx.AsyncClient) -> None:
@@ -154,7 +154,7 @@ async def test_retrying_a_task_whose_dependency_failed_is_refused(api: httpx.Asy
         "/api/tasks", json={"task_id": "kid", "task_type": "echo", "dependencies": ["parent"]}
     )
     await run_and_report(api, "parent", AttemptOutcome.ERROR, error="x")
-    response = await api.post("/api/tasks/kid/retry")
+    response = await api.post("/api/tasks/kid/retry", json={})
     assert response.status_code == 409
     assert "parent" in response.json()["detail"][0]["msg"]
 

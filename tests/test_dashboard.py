@@ -123,7 +123,7 @@ def run_as_worker(
         outcomes[-1] |= {"task_id": job["task_id"], "attempt": job["attempt"]}
     answer = api.post(f"/api/workers/{worker_id}/reports", json={"reports": outcomes}).json()
     assert sorted(answer["accepted"]) == sorted(reports)
-    api.post(f"/api/workers/{worker_id}/deregister")
+    api.post(f"/api/workers/{worker_id}/deregister", json={})
 
 
 def texts(elements: Any) -> str:
@@ -272,7 +272,7 @@ def test_workers_page_shows_resources_and_marks_offline(api: httpx.Client) -> No
         "system_info": {"cpu_usage": 42.5, "memory_usage": 61.0, "disk_usage": 20.0},
     }
     api.post(f"/api/workers/{alive}/heartbeat", json=beat)
-    api.post(f"/api/workers/{gone}/deregister")
+    api.post(f"/api/workers/{gone}/deregister", json={})
 
     at = dashboard("workers")
     table = at.dataframe[0].value.set_index("Worker")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.database import repositories as repo
+from app.database import transitions
 from app.models.task import AttemptOutcome, TaskCreate, TaskPublic, TaskReport
 from app.services.message_queue import lease_token
 from tests.conftest import Services
@@ -145,3 +146,27 @@ async def test_claims_handed_back_return_to_their_place(services: Services) -> N
     assert await services.queue.unclaim("w1", claims) == 2
     assert await services.queue.claim("w2", ["echo"], 3) == ["a", "b", "c"]
     assert await services.queue.unclaim("w1", claims) == 0  # w2 owns them now
+
+
+async def test_a_start_whose_lease_and_answer_were_lost_lapses_after_one_lease(
+    services: Services,
+) -> None:
+    """The double fault: the start committed, Redis failed before the lease was taken, and the
+    answer was lost, so the worker handed its claim back to the queue. The next worker's claim
+    of it is refused and gives the running attempt a lease, which lapses into the ordinary
+    sweep (not the database lease, 3 heartbeats later)."""
+    await submit(services, "t1")
+    claims = await services.queue.claim_scored("w1", ["echo"], 1)
+    now = datetime.now(UTC)
+    async with services.db.transaction() as conn:
+        await transitions.start(conn, ["t1"], worker_id="w1", now=now, lease_until=now)
+    assert await services.queue.unclaim("w1", claims) == 1
+    claimed = await services.queue.claim("w2", ["echo"], 1)
+    answer = await services.scheduler.exchange("w2", [], claimed)
+    assert (answer.started, answer.refused_claims) == ([], ["t1"])
+    assert await owner(services, "t1") == b"w1#1"
+    await services.queue.redis.zadd(services.queue.keys.active, {"t1": 0})  # w1 never renews
+    assert await services.recovery.sweep_expired() == 1
+    task = await get(services, "t1")
+    assert (task.status, [a.outcome for a in task.attempts or []]) == ("pending", ["worker_lost"])
+    assert await claim_and_start(services, "w2") == {"t1": 2}

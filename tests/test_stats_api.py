@@ -182,7 +182,7 @@ def test_workers_silent_longer_than_offline_after_count_as_lost() -> None:
 async def test_overview_counts_deregistered_workers_as_offline(api: httpx.AsyncClient) -> None:
     await register(api, "gone", ["cpu"])
     await register(api, "fine", ["sleep"])
-    assert (await api.post("/api/workers/gone/deregister")).status_code == 204
+    assert (await api.post("/api/workers/gone/deregister", json={})).status_code == 204
     summary = (await api.get("/api/stats/overview")).json()["workers"]
     assert (summary["live"], summary["silent"], summary["offline"]) == (1, 0, 1)
     assert summary["live_capabilities"] == ["sleep"]

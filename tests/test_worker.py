@@ -158,9 +158,10 @@ def test_user_modules_register_handlers(tmp_path: Path, monkeypatch: pytest.Monk
         del REGISTRY["double"]
 
 
-async def test_leases_lapse_for_an_overrun_attempt_and_for_a_blocked_loop() -> None:
-    """A handler past its deadline, or an event loop that stopped running, must not keep its
-    leases alive from the lease keeper's thread: the sweeper then gives the work to another."""
+async def test_leases_lapse_for_an_overrun_attempt_a_blocked_loop_and_a_cut_off_worker() -> None:
+    """A handler past its deadline, an event loop that stopped running, or a worker that has not
+    heard from the scheduler for a lease period must not keep its leases alive from the lease
+    keeper's thread: the sweeper then gives the work to another."""
     node = WorkerNode(WorkerOptions(worker_id="w", api_url="http://127.0.0.1:9"))
     try:
         job = TaskToRun(
@@ -173,6 +174,10 @@ async def test_leases_lapse_for_an_overrun_attempt_and_for_a_blocked_loop() -> N
         assert node.held_leases() == []
         node.deadlines["t"] = time.monotonic() + 5
         node.loop_beat = time.monotonic() - 2 * node.lease_seconds  # the loop stopped beating
+        assert node.held_leases() == []
+        node.loop_beat = time.monotonic()
+        assert node.held_leases() == [("t", "w#2")]
+        node.last_contact = time.monotonic() - 2 * node.lease_seconds  # cut off from the API
         assert node.held_leases() == []
     finally:
         node.executor.shutdown()

@@ -63,13 +63,14 @@ class WorkerOptions:
     pool_size: int = 10
     task_modules: list[str] = field(default_factory=list)
     database_url: str | None = None
+    api_key: str | None = None
 
 
 class WorkerNode:
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
         self.worker_id = options.worker_id
-        self.api = SchedulerClient(options.api_url)
+        self.api = SchedulerClient(options.api_url, api_key=options.api_key)
         # More threads than slots: an abandoned (timed-out) sync handler must not starve the rest.
         self.executor = TaskExecutor(
             pool_size=max(options.pool_size, 2 * options.max_concurrent_tasks)
@@ -87,7 +88,10 @@ class WorkerNode:
         self.paused_until = 0.0  # the scheduler was unavailable: no exchange before this time
         self.deadlines: dict[str, float] = {}  # task id -> monotonic time its lease stops
         self.loop_beat = time.monotonic()
+        # Last time the scheduler answered (an exchange, a heartbeat, a probe): see held_leases.
+        self.last_contact = time.monotonic()
         self.lease_seconds = 5.0  # the API's, from the registration
+        self.renew_every = 5.0 / 3  # the API's, from the registration
         self.backoff = MIN_BACKOFF
         self.cpu = CpuSampler()
         self.queue: RedisQueue | None = None
@@ -103,6 +107,11 @@ class WorkerNode:
         now = time.monotonic()
         if now - self.loop_beat > self.lease_seconds:
             log.error("worker.loop_blocked", seconds=round(now - self.loop_beat, 1))
+            return []
+        if now - self.last_contact > self.lease_seconds:
+            # Cut off from the scheduler (a partition that spares Redis): nothing it runs here
+            # can be reported, so its tasks must go to workers that can.
+            log.error("worker.cut_off", seconds=round(now - self.last_contact, 1))
             return []
         deadlines = dict(self.deadlines)
         attempts = [job for job, _handle in list(self.running.values())]
@@ -123,6 +132,24 @@ class WorkerNode:
             self.loop_beat = time.monotonic()
             await asyncio.sleep(LOOP_BEAT)
 
+    def _touched(self) -> None:
+        self.last_contact = time.monotonic()
+
+    async def _keep_in_touch(self) -> None:
+        """While it holds leases, make sure the worker hears from the scheduler at least once
+        per renewal period (a probe when no exchange or heartbeat did), so that held_leases
+        knows whether it is cut off. An idle worker holds nothing and probes nothing."""
+        assert self.transport is not None
+        while True:
+            await asyncio.sleep(self.renew_every)
+            quiet = time.monotonic() - self.last_contact >= self.renew_every
+            if quiet and (self.running or self.outbox or self.sending or self.claimed):
+                try:
+                    await self.transport.probe()
+                    self._touched()
+                except Unavailable as exc:
+                    log.warning("scheduler.unreachable", error=str(exc))
+
     async def run(self) -> None:
         registration = await self._register()
         redis_url = self.options.redis_url or registration.redis_url
@@ -132,6 +159,7 @@ class WorkerNode:
         )
         self.waiter = WorkWaiter(self.queue, self.capabilities)
         self.lease_seconds = registration.lease_seconds
+        self.renew_every = registration.lease_renew_interval
         self.transport = self._transport(registration, redis)
         self.lease_keeper = LeaseKeeper(
             redis_url=redis_url,
@@ -148,6 +176,7 @@ class WorkerNode:
             asyncio.create_task(self._pump(), name="pump"),
             asyncio.create_task(self._cancel_loop(), name="cancel-listener"),
             asyncio.create_task(self._beat(), name="loop-beat"),
+            asyncio.create_task(self._keep_in_touch(), name="keep-in-touch"),
         ]
         log.info(
             "worker.started",
@@ -194,7 +223,9 @@ class WorkerNode:
             max_concurrent_tasks=self.options.max_concurrent_tasks,
             hostname=socket.gethostname(),
         )
-        return await self.api.register(spec)
+        registration = await self.api.register(spec)
+        self._touched()
+        return registration
 
     # --- the pump: claims and reports, one exchange at a time --------------------------------
 
@@ -259,7 +290,10 @@ class WorkerNode:
             # re-run elsewhere rather than held here forever.
             log.error("exchange.rejected", error=str(exc), task_ids=[r.task_id for r in reports])
             await self._give_back(reports, claims, keep_reports=False)
+            if len(reports) > 1:
+                await self._report_alone(reports)
             return
+        self._touched()
         self.backoff = MIN_BACKOFF
         for report in reports:
             self.sending.pop(report.task_id, None)
@@ -273,6 +307,19 @@ class WorkerNode:
                 # executor's own timeout should have ended it long before.
                 self.deadlines[job.task_id] = time.monotonic() + job.timeout + self.lease_seconds
                 self.running[job.task_id] = (job, asyncio.create_task(self._run_one(job)))
+
+    async def _report_alone(self, reports: list[TaskReport]) -> None:
+        """After a refused batch, each report once on its own: a bad one costs only itself,
+        never the rest of its batch. Those refused again are dropped (their tasks run again
+        once their leases lapse); those met by an outage wait in the outbox as usual."""
+        assert self.transport is not None
+        for report in reports:
+            try:
+                await self.transport.exchange(self.worker_id, [report], [])
+            except Unavailable:
+                self.outbox[report.task_id] = report
+            except Rejected as exc:
+                log.error("report.rejected", task_id=report.task_id, error=str(exc))
 
     async def _give_back(
         self, reports: list[TaskReport], claims: list[Claim], *, keep_reports: bool
@@ -379,6 +426,7 @@ class WorkerNode:
             )
             try:
                 await self.api.heartbeat(self.worker_id, beat)
+                self._touched()
             except WorkerUnknown:
                 if self.stopping.is_set():
                     break  # deregistered or forgotten while draining: nothing to come back to
@@ -493,7 +541,18 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
     settings = get_settings()
     parser = argparse.ArgumentParser(description="Run a task scheduler worker node.")
     parser.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}")
-    parser.add_argument("--api-url", default=os.environ.get("API_URL", "http://localhost:8000"))
+    parser.add_argument(
+        "--api-url",
+        default=os.environ.get("API_URL", "http://localhost:8000"),
+        help="the scheduler API; several replicas comma-separated (a,b,c): the worker fails "
+        "over to the next on connection errors and 5xx (env API_URL)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("API_KEY"),
+        help="a key with the worker scope, sent as a Bearer token (env API_KEY; prefer the "
+        "variable: a command line is visible to other users of the machine)",
+    )
     parser.add_argument(
         "--capabilities", default=None, help="comma-separated task types (default: all known)"
     )
@@ -542,6 +601,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         pool_size=settings.max_workers,
         task_modules=args.tasks,
         database_url=args.database_url,
+        api_key=args.api_key or None,
     )
 
 

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from app.config import Settings
 from app.database.connection import Database
+from app.services.auth import KeyStore
 from app.services.scheduler import Scheduler
 from app.services.worker_manager import WorkerManager
 
@@ -29,6 +30,10 @@ async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+async def _keys(request: Request) -> KeyStore:
+    return request.app.state.keys  # type: ignore[no-any-return]
+
+
 async def _correlation_id(request: Request) -> str | None:
     value: str | None = request.scope.get("state", {}).get("correlation_id")
     return value
@@ -38,4 +43,5 @@ SchedulerDep = Annotated[Scheduler, Depends(_scheduler)]
 WorkersDep = Annotated[WorkerManager, Depends(_workers)]
 DatabaseDep = Annotated[Database, Depends(_db)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+KeysDep = Annotated[KeyStore, Depends(_keys)]
 CorrelationId = Annotated[str | None, Depends(_correlation_id)]

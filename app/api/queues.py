@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.api.auth import require
 from app.api.deps import WorkersDep
+from app.models.auth import Scope
 from app.models.task import QueueInfo
 from app.models.worker import WorkerStatus
 
-router = APIRouter(prefix="/api/queues", tags=["queues"])
+router = APIRouter(prefix="/api/queues", tags=["queues"], dependencies=[require(Scope.READ)])
 
 
 @router.get("")

@@ -20,17 +20,19 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from app.api.auth import require
 from app.api.deps import DatabaseDep, SettingsDep
 from app.api.errors import field_error
 from app.config import Settings
 from app.database import repositories as repo
 from app.database import stats as sql
 from app.database.connection import Database
+from app.models.auth import Scope
 from app.models.task import NAME_PATTERN, TaskStatus
 from app.models.worker import WorkerPublic, WorkerStatus
 from app.services.message_queue import RedisQueue
 
-router = APIRouter(prefix="/api/stats", tags=["stats"])
+router = APIRouter(prefix="/api/stats", tags=["stats"], dependencies=[require(Scope.READ)])
 log = structlog.get_logger(__name__)
 
 MAX_BUCKETS = 1440

@@ -7,13 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
+from app.api.auth import Operator, require
 from app.api.deps import CorrelationId, DatabaseDep, SchedulerDep, SettingsDep
 from app.api.errors import field_error, not_found
+from app.api.limits import StrictJsonRoute
 from app.api.responses import json_response
 from app.api.stats import decode_cursor, encode_cursor
 from app.database import repositories as repo
 from app.database.admission import AdmissionError
 from app.database.transitions import NotRetryable, UnknownTask
+from app.models.auth import Scope
 from app.models.task import (
     GraphEdge,
     GraphNode,
@@ -27,7 +30,8 @@ from app.models.task import (
 )
 from app.services.scheduler import AlreadyFinal
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], route_class=StrictJsonRoute)
+SUBMIT, READ = [require(Scope.SUBMIT)], [require(Scope.READ)]
 GRAPH_LIMIT = 5000
 
 
@@ -39,6 +43,7 @@ def _rejected(exc: AdmissionError, *prefix: str | int) -> HTTPException:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskPublic,
+    dependencies=SUBMIT,
     responses={
         200: {"description": "Identical resubmission: the existing task"},
         409: {"description": "task_id exists with a different body"},
@@ -56,7 +61,7 @@ async def submit_task(
     return json_response(task, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-@router.post("/batch", status_code=status.HTTP_201_CREATED)
+@router.post("/batch", status_code=status.HTTP_201_CREATED, dependencies=SUBMIT)
 async def submit_batch(
     batch: TaskBatch, scheduler: SchedulerDep, settings: SettingsDep, correlation_id: CorrelationId
 ) -> TaskBatchResult:
@@ -65,6 +70,10 @@ async def submit_batch(
     if len(batch.tasks) > settings.max_batch_size:
         message = f"at most {settings.max_batch_size} tasks per batch"
         raise field_error(422, ["body", "tasks"], message, "too_long")
+    edges = sum(len(task.dependencies) for task in batch.tasks)
+    if edges > settings.max_batch_dependencies:
+        message = f"{edges} dependencies in the batch; at most {settings.max_batch_dependencies}"
+        raise field_error(422, ["body", "tasks"], message, "too_many_dependencies")
     try:
         admitted = await scheduler.submit_many(batch.tasks, correlation_id)
     except AdmissionError as exc:
@@ -72,7 +81,7 @@ async def submit_batch(
     return TaskBatchResult(tasks=[t for t, _ in admitted], created=sum(c for _, c in admitted))
 
 
-@router.get("/{task_id}")
+@router.get("/{task_id}", dependencies=READ)
 async def get_task(task_id: str, db: DatabaseDep) -> TaskPublic:
     """A task with its attempts, dependencies and dependents."""
     async with db.read() as conn:
@@ -90,7 +99,7 @@ class TaskListPage(TaskList):
     next_cursor: str | None
 
 
-@router.get("")
+@router.get("", dependencies=READ)
 async def list_tasks(
     db: DatabaseDep,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
@@ -123,10 +132,10 @@ async def list_tasks(
 
 
 @router.post("/{task_id}/cancel", responses={409: {"description": "the task already finished"}})
-async def cancel_task(task_id: str, scheduler: SchedulerDep) -> TaskPublic:
+async def cancel_task(task_id: str, scheduler: SchedulerDep, operator: Operator) -> TaskPublic:
     """Cancel a pending task at once, or tell a running one to stop; dependents are cancelled."""
     try:
-        return await scheduler.cancel(task_id)
+        return await scheduler.cancel(task_id, key_id=operator.key_id)
     except UnknownTask as exc:
         raise not_found("task", task_id) from exc
     except AlreadyFinal as exc:
@@ -134,17 +143,17 @@ async def cancel_task(task_id: str, scheduler: SchedulerDep) -> TaskPublic:
 
 
 @router.post("/{task_id}/retry", responses={409: {"description": "not failed or cancelled"}})
-async def retry_task(task_id: str, scheduler: SchedulerDep) -> TaskPublic:
+async def retry_task(task_id: str, scheduler: SchedulerDep, operator: Operator) -> TaskPublic:
     """Run a failed or cancelled task again, with a fresh allowance of retries."""
     try:
-        return await scheduler.retry(task_id)
+        return await scheduler.retry(task_id, key_id=operator.key_id)
     except UnknownTask as exc:
         raise not_found("task", task_id) from exc
     except NotRetryable as exc:
         raise field_error(409, ["path", "task_id"], str(exc), "not_retryable") from exc
 
 
-@router.get("/{task_id}/graph")
+@router.get("/{task_id}/graph", dependencies=READ)
 async def task_graph(task_id: str, db: DatabaseDep) -> TaskGraph:
     """The dependency graph around a task (all ancestors and descendants) for drawing."""
     async with db.read() as conn:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,12 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 32) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        options: dict[str, Any] = {"json_serializer": _json_dumps, "pool_pre_ping": False}
+        # hide_parameters: database errors are logged without the values bound to the statement.
+        options: dict[str, Any] = {
+            "json_serializer": _json_dumps,
+            "pool_pre_ping": False,
+            "hide_parameters": True,
+        }
         if not self.is_sqlite:
             options |= {"pool_size": pool_size, "max_overflow": pool_size // 2}
         self.engine = create_async_engine(url, **options)
@@ -178,6 +184,14 @@ class Database:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def server_time(self) -> datetime:
+        """The database server's clock (PostgreSQL; SQLite is in process, so it is ours)."""
+        if self.is_sqlite:
+            return datetime.now(UTC)
+        async with self.engine.connect() as conn:
+            found: datetime = (await conn.execute(text("SELECT clock_timestamp()"))).scalar_one()
+        return found
 
     async def migrate(self) -> None:
         """Apply Alembic migrations up to head (alembic's env runs its own event loop)."""

@@ -30,8 +30,15 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.database.tables import READY_PREDICATE, attempts, dependencies, tasks, workers
-from app.models.task import AttemptPublic, TaskPublic, TaskStatus
+from app.database.tables import (
+    READY_PREDICATE,
+    attempts,
+    dependencies,
+    task_events,
+    tasks,
+    workers,
+)
+from app.models.task import AttemptOutcome, AttemptPublic, TaskEvent, TaskPublic, TaskStatus
 from app.models.worker import WorkerPublic
 
 
@@ -51,7 +58,24 @@ async def get_task(
     task = to_public(row, deps)
     if with_attempts:
         task.attempts = await list_attempts(conn, task_id)
+        if task.status == TaskStatus.RUNNING and task.attempt not in {
+            a.attempt for a in task.attempts
+        }:
+            task.attempts.append(_running_attempt(task))
+        task.events = await list_events(conn, task_id)
     return task
+
+
+def _running_attempt(task: TaskPublic) -> AttemptPublic:
+    """The attempt in progress, which has no history row until it ends (the task row holds it)."""
+    return AttemptPublic(
+        attempt=task.attempt,
+        worker_id=task.worker_id,
+        started_at=task.started_at,
+        ended_at=None,
+        outcome=AttemptOutcome.RUNNING,
+        error=None,
+    )
 
 
 async def get_tasks(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str, TaskPublic]:
@@ -102,6 +126,27 @@ async def list_attempts(conn: AsyncConnection, task_id: str) -> list[AttemptPubl
         select(attempts).where(attempts.c.task_id == task_id).order_by(attempts.c.attempt)
     )
     return [AttemptPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def list_events(conn: AsyncConnection, task_id: str) -> list[TaskEvent]:
+    rows = await conn.execute(
+        select(task_events).where(task_events.c.task_id == task_id).order_by(task_events.c.id)
+    )
+    return [TaskEvent.model_validate(r, from_attributes=True) for r in rows]
+
+
+async def record_event(
+    conn: AsyncConnection,
+    action: str,
+    *,
+    task_id: str | None,
+    key_id: str | None,
+    at: datetime,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Audit an operator action, in the transaction that made it (task_id None: not on a task)."""
+    values = {"task_id": task_id, "at": at, "action": action, "key_id": key_id, "detail": detail}
+    await conn.execute(task_events.insert().values(**values))
 
 
 async def list_dependents(conn: AsyncConnection, task_id: str) -> list[str]:
@@ -333,6 +378,8 @@ async def task_heads(conn: AsyncConnection, task_ids: Sequence[str]) -> dict[str
             tasks.c.worker_id,
             tasks.c.scheduled_at,
             tasks.c.remaining_dependencies,
+            tasks.c.started_at,
+            tasks.c.timeout,
         ).where(tasks.c.task_id.in_(task_ids))
     )
     return {r.task_id: r for r in rows}
@@ -393,11 +440,49 @@ async def pending_ready_after(
     return list(rows)
 
 
+async def count_ready(conn: AsyncConnection, *, changed_before: datetime) -> int:
+    """How many pending tasks with no open dependency last changed before `changed_before`: the
+    size of one reconciliation pass. It counts entries of ix_tasks_ready_updated_at (an
+    index-only scan on PostgreSQL), which costs a fraction of reading them for the pass."""
+    ready = READY_PREDICATE if conn.dialect.name == "postgresql" else SQLITE_READY
+    query = (
+        select(func.count())
+        .select_from(tasks)
+        .where(text(ready), tasks.c.updated_at < changed_before)
+    )
+    return int((await conn.execute(query)).scalar_one())
+
+
 async def running_past_lease(conn: AsyncConnection, now: datetime, *, limit: int) -> list[Row[Any]]:
     """Running tasks whose database lease ran out: the backstop for a Redis lease gone missing."""
     rows = await conn.execute(
         select(tasks.c.task_id, tasks.c.task_type, tasks.c.worker_id, tasks.c.attempt)
         .where(tasks.c.status == TaskStatus.RUNNING, tasks.c.lease_expires_at < now)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def running_past_deadline(
+    conn: AsyncConnection, now: datetime, *, grace: float, limit: int
+) -> list[Row[Any]]:
+    """Running tasks started longer ago than their timeout plus `grace` seconds."""
+    if conn.dialect.name == "postgresql":
+        seconds = func.make_interval(0, 0, 0, 0, 0, 0, tasks.c.timeout + grace)
+        overdue = tasks.c.started_at + seconds < now
+    else:  # SQLite keeps datetimes as text; julianday() counts days
+        ends = func.julianday(tasks.c.started_at) + (tasks.c.timeout + grace) / 86400.0
+        overdue = ends < func.julianday(now)
+    rows = await conn.execute(
+        select(
+            tasks.c.task_id,
+            tasks.c.task_type,
+            tasks.c.worker_id,
+            tasks.c.attempt,
+            tasks.c.started_at,
+            tasks.c.timeout,
+        )
+        .where(tasks.c.status == TaskStatus.RUNNING, overdue)
         .limit(limit)
     )
     return list(rows)

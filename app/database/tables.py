@@ -178,3 +178,47 @@ tasks = cast(Table, TaskRow.__table__)
 dependencies = cast(Table, DependencyRow.__table__)
 attempts = cast(Table, AttemptRow.__table__)
 workers = cast(Table, WorkerRow.__table__)
+
+
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of its secret is kept (docs/security.md)."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSONDoc)
+    # A worker id, or a prefix ending in '*', the key may act as (NULL: any).
+    worker_id: Mapped[str | None] = mapped_column(String(101))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Written at most once a minute per key and API process, not per request.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Every authenticated request that misses the cache looks its key up by hash.
+    __table_args__ = (Index(None, "key_hash", unique=True),)
+
+
+class TaskEventRow(Base):
+    """Audit trail of operator actions: on a task (cancel, retry) or on keys (task_id NULL)."""
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str | None] = mapped_column(
+        String(100), ForeignKey("tasks.task_id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(String(32))
+    # The key that acted; NULL for a request without a key (open mode).
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+
+    # A task's events in order (GET /api/tasks/{id}).
+    __table_args__ = (Index(None, "task_id", "id"),)
+
+
+api_keys = cast(Table, ApiKeyRow.__table__)
+task_events = cast(Table, TaskEventRow.__table__)

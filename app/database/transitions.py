@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -18,18 +18,24 @@ from sqlalchemy import (
     bindparam,
     column,
     exists,
-    insert,
+    func,
     literal,
+    or_,
     select,
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnElement, TextClause
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import TextualSelect
 
 from app.database.tables import attempts, dependencies, tasks
 from app.models.task import FINAL_STATUSES, AttemptOutcome, ReadyTask, TaskStatus
+from app.services import retry_policy
+from app.services.retry_policy import RetryPolicy
 
 P, R, C, F, X = (
     TaskStatus.PENDING,
@@ -65,7 +71,8 @@ async def start(
     now: datetime,
     lease_until: datetime,
 ) -> list[Row[Any]]:
-    """pending -> running for claimed tasks still pending and ready; opens an attempt each.
+    """pending -> running for claimed tasks still pending, ready and due; each starts a numbered
+    attempt.
     A task this worker already runs comes back as it is (same attempt, nothing written): a start
     whose answer was lost and is asked again must not turn the worker's own attempt away."""
     if not task_ids:
@@ -94,24 +101,21 @@ TO_RUN = (
 )
 
 
-# PostgreSQL: the start of a whole claim batch and its attempt rows in one round trip (a
-# data-modifying CTE). attempt + 1 is the fencing token of this run.
+# PostgreSQL: the start of a whole claim batch in one constant statement (the ids travel as an
+# array, so it is prepared once). attempt + 1 is the fencing token of this run. No attempt row is
+# written here: the task row holds the running attempt, and its history row is written once, when
+# it ends (end_attempts), which saves a write per task on the hot path.
 START_PG = (
     text(
         """
-        WITH started AS (
-            UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = :worker_id,
-                started_at = :now, updated_at = :now, lease_expires_at = :lease_until
-            WHERE task_id = ANY(CAST(:ids AS TEXT[]))
-                AND status = 'pending' AND remaining_dependencies = 0
-            RETURNING task_id, task_type, payload, attempt, timeout, correlation_id, created_at,
-                EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = tasks.task_id)
-                    AS has_dependencies
-        ), opened AS (
-            INSERT INTO task_attempts (task_id, attempt, worker_id, started_at, outcome)
-            SELECT task_id, attempt, :worker_id, :now, 'running' FROM started
-        )
-        SELECT * FROM started
+        UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = :worker_id,
+            started_at = :now, updated_at = :now, lease_expires_at = :lease_until
+        WHERE task_id = ANY(CAST(:ids AS TEXT[]))
+            AND status = 'pending' AND remaining_dependencies = 0
+            AND (scheduled_at IS NULL OR scheduled_at <= :now)
+        RETURNING task_id, task_type, payload, attempt, timeout, correlation_id, created_at,
+            EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = tasks.task_id)
+                AS has_dependencies
         """
     )
     .bindparams(
@@ -130,15 +134,11 @@ async def _start_portable(
     now: datetime,
     lease_until: datetime,
 ) -> list[Row[Any]]:
-    """The same as START_PG in two statements, for SQLite (no data-modifying CTEs)."""
-    rows = list(
+    """The same as START_PG, for SQLite (no arrays)."""
+    return list(
         await conn.execute(
             update(tasks)
-            .where(
-                tasks.c.task_id.in_(task_ids),
-                tasks.c.status == P,
-                tasks.c.remaining_dependencies == 0,
-            )
+            .where(tasks.c.task_id.in_(task_ids), *_startable(now))
             .values(
                 status=R,
                 attempt=tasks.c.attempt + 1,
@@ -150,22 +150,13 @@ async def _start_portable(
             .returning(*STARTED)
         )
     )
-    if rows:
-        # Records this attempt's start; its end is filled in by end_attempts.
-        await conn.execute(
-            insert(attempts),
-            [
-                {
-                    "task_id": r.task_id,
-                    "attempt": r.attempt,
-                    "worker_id": worker_id,
-                    "started_at": now,
-                    "outcome": AttemptOutcome.RUNNING,
-                }
-                for r in rows
-            ],
-        )
-    return rows
+
+
+def _startable(now: datetime) -> list[ColumnElement[bool]]:
+    """Pending, no open dependency, and due: a stray queue entry of a task waiting out its
+    backoff or its scheduled time must not start it early."""
+    due = or_(tasks.c.scheduled_at.is_(None), tasks.c.scheduled_at <= now)
+    return [tasks.c.status == P, tasks.c.remaining_dependencies == 0, due]
 
 
 # `has_dependencies` saves the dependency-results query for the common task that has none.
@@ -215,8 +206,7 @@ async def complete_many(
     statement = _complete_statement(dialect, source)
     rows = (await conn.execute(statement, {**params, "now": now, "worker_id": worker_id})).all()
     if dialect != "postgresql":
-        ended = [(r.task_id, r.attempt, AttemptOutcome.COMPLETED, None) for r in rows]
-        await end_attempts(conn, ended, now=now)
+        await end_attempts(conn, [_ended(r, AttemptOutcome.COMPLETED) for r in rows], now=now)
     ready: list[ReadyTask] = []
     for r in rows:
         if r.has_dependents:
@@ -225,7 +215,7 @@ async def complete_many(
 
 
 @functools.lru_cache(maxsize=256)
-def _complete_statement(dialect: str, source: str) -> TextClause:
+def _complete_statement(dialect: str, source: str) -> TextualSelect:
     """The statement of complete_many, built once per row source (on PostgreSQL there is only
     one: the arrays make the text the same for every batch)."""
     complete = f"""
@@ -234,19 +224,28 @@ def _complete_statement(dialect: str, source: str) -> TextClause:
         FROM {source}
         WHERE tasks.task_id = v.task_id AND tasks.attempt = v.attempt
             AND tasks.status = 'running' AND tasks.worker_id = :worker_id
-        RETURNING tasks.task_id, tasks.attempt, tasks.has_dependents
+        RETURNING tasks.task_id, tasks.attempt, tasks.worker_id, tasks.started_at,
+            tasks.has_dependents
     """
     if dialect == "postgresql":
-        # The attempts close in the same round trip (a data-modifying CTE).
+        # The attempts' history rows are written in the same round trip (a data-modifying CTE);
+        # ON CONFLICT as in end_attempts.
         complete = f"""
             WITH done AS ({complete}), closed AS (
-                UPDATE task_attempts a SET outcome = 'completed', error = NULL, ended_at = :now
-                FROM done WHERE a.task_id = done.task_id AND a.attempt = done.attempt
-                    AND a.outcome = 'running'
+                INSERT INTO task_attempts
+                    (task_id, attempt, worker_id, started_at, ended_at, outcome)
+                SELECT task_id, attempt, worker_id, started_at, :now, 'completed' FROM done
+                ON CONFLICT (task_id, attempt) DO UPDATE
+                    SET outcome = 'completed', error = NULL, ended_at = :now
+                    WHERE task_attempts.outcome = 'running'
             )
             SELECT * FROM done
         """
-    return text(complete).bindparams(bindparam("now", type_=tasks.c.updated_at.type))
+    return (
+        text(complete)
+        .bindparams(bindparam("now", type_=tasks.c.updated_at.type))
+        .columns(*ATTEMPT_OF, tasks.c.has_dependents)
+    )
 
 
 async def _release_dependents(
@@ -273,25 +272,30 @@ async def retry(
     *,
     outcome: AttemptOutcome,
     error: str | None,
-    run_at: datetime,
+    policy: RetryPolicy,
     now: datetime,
-    extra_attempts: int = 0,
     worker_id: str | None = None,
 ) -> ReadyTask | None:
-    """running -> pending (to run again at run_at) while attempts remain; None when none remain
-    or the report is stale. `extra_attempts` allows re-runs beyond max_retries (lost workers)."""
+    """running -> pending, to run again when the policy says, while the task's allowance for
+    this kind of ending lasts. None when it is used up (the caller then fails the task) or the
+    report is stale."""
+    head = await _running_attempt(conn, task_id, attempt, worker_id)
+    if head is None:
+        return None
+    delay = policy.delay(
+        outcome, errors=head.errors, losses=head.losses, max_retries=head.max_retries
+    )
+    if delay is None:
+        return None
     row = (
         await conn.execute(
             update(tasks)
-            .where(
-                *_current(task_id, attempt, worker_id),
-                tasks.c.attempt - tasks.c.attempt_base <= tasks.c.max_retries + extra_attempts,
-            )
+            .where(*_current(task_id, attempt, worker_id))
             .values(
                 status=P,
                 worker_id=None,
                 error=error,
-                scheduled_at=run_at,
+                scheduled_at=now + timedelta(seconds=delay),
                 updated_at=now,
                 lease_expires_at=None,
             )
@@ -300,8 +304,41 @@ async def retry(
     ).first()
     if row is None:
         return None
-    await _end_attempt(conn, task_id, attempt, outcome, error, now)
+    await end_attempts(conn, [_ended(head, outcome, error)], now=now)
     return _ready(row)
+
+
+def _count_ended(outcomes: Sequence[AttemptOutcome]) -> ColumnElement[int]:
+    """How many attempts since the last manual retry ended with one of `outcomes`."""
+    return (
+        select(func.count())
+        .where(
+            attempts.c.task_id == tasks.c.task_id,
+            attempts.c.attempt > tasks.c.attempt_base,
+            attempts.c.outcome.in_([str(o) for o in outcomes]),
+        )
+        .correlate(tasks)
+        .scalar_subquery()
+    )
+
+
+async def _running_attempt(
+    conn: AsyncConnection, task_id: str, attempt: int, worker_id: str | None
+) -> Row[Any] | None:
+    """The running attempt (who runs it, since when) and what its task has used up, or None
+    when the attempt is no longer the current one."""
+    found = await conn.execute(
+        select(
+            tasks.c.task_id,
+            tasks.c.attempt,
+            tasks.c.worker_id,
+            tasks.c.started_at,
+            tasks.c.max_retries,
+            _count_ended(sorted(retry_policy.RETRYABLE)).label("errors"),
+            _count_ended([AttemptOutcome.WORKER_LOST]).label("losses"),
+        ).where(*_current(task_id, attempt, worker_id))
+    )
+    return found.first()
 
 
 async def fail(
@@ -321,12 +358,12 @@ async def fail(
             update(tasks)
             .where(*_current(task_id, attempt, worker_id))
             .values(status=F, error=error, completed_at=now, updated_at=now, lease_expires_at=None)
-            .returning(tasks.c.has_dependents)
+            .returning(*ATTEMPT_OF, tasks.c.has_dependents)
         )
     ).first()
     if row is None:
         return None
-    await _end_attempt(conn, task_id, attempt, outcome, error, now)
+    await end_attempts(conn, [_ended(row, outcome, error)], now=now)
     if not row.has_dependents:
         return []
     return await end_dependents(
@@ -368,6 +405,9 @@ async def requeue(
     worker_id: str | None = None,
 ) -> ReadyTask | None:
     """running -> pending at once: the attempt ended without a verdict (handed back)."""
+    head = await _running_attempt(conn, task_id, attempt, worker_id)
+    if head is None:
+        return None
     row = (
         await conn.execute(
             update(tasks)
@@ -380,46 +420,61 @@ async def requeue(
     ).first()
     if row is None:
         return None
-    await _end_attempt(conn, task_id, attempt, outcome, error, now)
+    await end_attempts(conn, [_ended(head, outcome, error)], now=now)
     return _ready(row)
 
 
-async def _end_attempt(
-    conn: AsyncConnection,
-    task_id: str,
-    attempt: int,
-    outcome: AttemptOutcome,
-    error: str | None,
-    now: datetime,
-) -> None:
-    await end_attempts(conn, [(task_id, attempt, outcome, error)], now=now)
+# Who ran an attempt and since when: what its history row needs besides how it ended.
+ATTEMPT_OF = (tasks.c.task_id, tasks.c.attempt, tasks.c.worker_id, tasks.c.started_at)
 
 
-async def end_attempts(
-    conn: AsyncConnection,
-    ended: Sequence[tuple[str, int, AttemptOutcome, str | None]],
-    *,
-    now: datetime,
-) -> None:
-    """Close attempts (task_id, attempt, outcome, error) in one statement. Only an open attempt
-    is closed: the history of a finished attempt is never rewritten."""
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """An attempt that ended, as its history row records it."""
+
+    task_id: str
+    attempt: int
+    worker_id: str | None
+    started_at: datetime | None
+    outcome: AttemptOutcome
+    error: str | None = None
+
+
+def _ended(row: Row[Any], outcome: AttemptOutcome, error: str | None = None) -> Ended:
+    """The history row of the attempt `row` (task_id, attempt, worker_id, started_at) ran."""
+    return Ended(row.task_id, row.attempt, row.worker_id, row.started_at, outcome, error)
+
+
+async def end_attempts(conn: AsyncConnection, ended: Sequence[Ended], *, now: datetime) -> None:
+    """Write the history rows of attempts that ended, in one statement. Rows are written once,
+    at the end; a row may already exist only as 'running' (written at the start by earlier
+    versions, for attempts that were running during the upgrade), and only such a row is
+    completed: the history of a finished attempt is never rewritten."""
     if not ended:
         return
-    source, params = rows_source(
-        conn,
-        "v",
-        [("task_id", "TEXT"), ("attempt", "INTEGER"), ("outcome", "TEXT"), ("error", "TEXT")],
-        [(t, a, str(o), e) for t, a, o, e in ended],
+    statement = (sqlite_insert if _dialect(conn) == "sqlite" else pg_insert)(attempts)
+    statement = statement.on_conflict_do_update(
+        index_elements=[attempts.c.task_id, attempts.c.attempt],
+        set_={
+            "outcome": statement.excluded.outcome,
+            "error": statement.excluded.error,
+            "ended_at": statement.excluded.ended_at,
+        },
+        where=attempts.c.outcome == AttemptOutcome.RUNNING,
     )
-    statement = text(
-        f"""
-        UPDATE task_attempts SET outcome = v.outcome, error = v.error, ended_at = :now
-        FROM {source}
-        WHERE task_attempts.task_id = v.task_id AND task_attempts.attempt = v.attempt
-            AND task_attempts.outcome = 'running'
-        """
-    ).bindparams(bindparam("now", type_=attempts.c.ended_at.type))
-    await conn.execute(statement, {**params, "now": now})
+    rows = [
+        {
+            "task_id": e.task_id,
+            "attempt": e.attempt,
+            "worker_id": e.worker_id,
+            "started_at": e.started_at,
+            "ended_at": now,
+            "outcome": str(e.outcome),
+            "error": e.error,
+        }
+        for e in ended
+    ]
+    await conn.execute(statement, rows)
 
 
 # Per-row values of a set-based statement travel as one array per column on PostgreSQL (a
@@ -514,9 +569,9 @@ async def cancel(conn: AsyncConnection, task_id: str, *, now: datetime) -> Cance
     for _ in range(3):  # the task may move under us; re-read and try again
         head = (
             await conn.execute(
-                select(
-                    tasks.c.status, tasks.c.attempt, tasks.c.worker_id, tasks.c.has_dependents
-                ).where(tasks.c.task_id == task_id)
+                select(*ATTEMPT_OF, tasks.c.status, tasks.c.has_dependents).where(
+                    tasks.c.task_id == task_id
+                )
             )
         ).first()
         if head is None:
@@ -543,9 +598,8 @@ async def cancel(conn: AsyncConnection, task_id: str, *, now: datetime) -> Cance
     else:
         raise RuntimeError(f"task '{task_id}' kept changing while being cancelled")
     if head.status == R:
-        await _end_attempt(
-            conn, task_id, head.attempt, AttemptOutcome.CANCELLED, "cancelled by request", now
-        )
+        ended = _ended(head, AttemptOutcome.CANCELLED, "cancelled by request")
+        await end_attempts(conn, [ended], now=now)
     dependents = []
     if head.has_dependents:
         reason = f"dependency '{task_id}' was cancelled"

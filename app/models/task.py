@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,11 +19,19 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
+from app.models.json_limits import check_json, result_problem, storable_text
+
+# 1-100 of letters, digits and _.:- with at least one that is not a dot: an id made only of dots
+# ('.', '..') is not reachable at its own URL (clients and proxies resolve it as a path step).
+# Written without lookahead, which pydantic's regex engine lacks; the length is a separate bound.
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{0,99}[A-Za-z0-9_:\-][A-Za-z0-9_.:\-]{0,99}$"
+NAME_MAX_LENGTH = 100
 NAME_RE = re.compile(NAME_PATTERN)
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_ATTEMPT = 2**31 - 1
 
 
 class TaskStatus(StrEnum):
@@ -62,8 +71,15 @@ class AttemptOutcome(StrEnum):
 
 Priority = Annotated[StrictInt, Field(ge=1, le=10, description="1 (lowest) to 10 (highest)")]
 Name = Annotated[
-    StrictStr, Field(pattern=NAME_PATTERN, description="letters, digits and _.:- (1-100)")
+    StrictStr,
+    Field(
+        pattern=NAME_PATTERN,
+        max_length=NAME_MAX_LENGTH,
+        description="letters, digits and _.:- (1-100), not only dots",
+    ),
 ]
+# A JSON object that both stores can hold exactly (app/models/json_limits.py).
+JsonObject = Annotated[dict[str, Any], AfterValidator(check_json)]
 
 
 class TaskCreate(BaseModel):
@@ -73,7 +89,7 @@ class TaskCreate(BaseModel):
 
     task_id: Name | None = None
     task_type: Name
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: JsonObject = Field(default_factory=dict)
     priority: Priority = 1
     dependencies: list[Name] = Field(default_factory=list, max_length=1000)
     timeout: StrictInt | None = Field(
@@ -105,6 +121,16 @@ class AttemptPublic(BaseModel):
     error: str | None
 
 
+class TaskEvent(BaseModel):
+    """An operator action on a task (cancel, retry), with the key that made it (None: no key,
+    in open mode)."""
+
+    at: datetime
+    action: str
+    key_id: str | None
+    detail: dict[str, Any] | None = None
+
+
 class TaskPublic(BaseModel):
     """The seed's task shape, plus the fields the scheduler tracks."""
 
@@ -127,6 +153,8 @@ class TaskPublic(BaseModel):
     error: str | None
     correlation_id: str | None = None
     attempts: list[AttemptPublic] | None = None
+    # Filled by GET /api/tasks/{task_id} (oldest first), like `attempts`.
+    events: list[TaskEvent] | None = None
 
 
 class TaskList(BaseModel):
@@ -195,11 +223,31 @@ class TaskReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_id: str
-    attempt: StrictInt = Field(ge=1)
+    task_id: Name
+    # The attempts column is a 32-bit integer on both stores.
+    attempt: StrictInt = Field(ge=1, le=MAX_ATTEMPT)
     outcome: AttemptOutcome
     result: Any = None
     error: str | None = None
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """A result no store can hold fails its attempt with the reason, instead of refusing the
+        whole batch (one bad report must not block the others, and a worker that retried a
+        refused batch would retry it for ever). An error message is cut and cleaned, not
+        refused: it is the diagnosis, and losing it helps no one."""
+        if self.error is not None:
+            self.error = storable_text(self.error)
+        if self.result is None:
+            return self
+        problem = result_problem(self.result)
+        if problem is None:
+            return self
+        if self.outcome == AttemptOutcome.COMPLETED:
+            self.outcome = AttemptOutcome.ERROR
+            self.error = storable_text(f"result refused: {problem}")
+        self.result = None
+        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from app.models.task import Name, TaskReport, TaskToRun
 
+# Reports in one request. They are applied in one transaction, which holds SQLite's write lock
+# while it runs: the cap bounds that time (a worker sends at most 500 at once).
+MAX_REPORTS = 1000
+# Text without control characters (NUL among them, which PostgreSQL cannot store).
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
 
 class WorkerStatus(StrEnum):
     ACTIVE = "active"
@@ -31,14 +37,14 @@ class WorkerRegister(BaseModel):
     worker_id: Name
     capabilities: list[Name] = Field(min_length=1, max_length=1000)
     max_concurrent_tasks: StrictInt = Field(default=5, ge=1, le=10_000)
-    hostname: str | None = Field(default=None, max_length=255)
+    hostname: str | None = Field(default=None, max_length=255, pattern=PRINTABLE_PATTERN)
 
 
 class WorkerHeartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: WorkerStatus = WorkerStatus.ACTIVE
-    current_tasks: list[str] = Field(default_factory=list, max_length=10_000)
+    current_tasks: list[Name] = Field(default_factory=list, max_length=10_000)
     system_info: SystemInfo = Field(default_factory=SystemInfo)
 
 
@@ -68,6 +74,7 @@ class RegisterResponse(BaseModel):
     heartbeat_interval: float
     retry_backoff_base: float
     retry_backoff_max: float
+    max_worker_losses: int = 5
 
 
 class StartRequest(BaseModel):
@@ -86,7 +93,7 @@ class StartResponse(BaseModel):
 class ReportBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reports: list[TaskReport] = Field(max_length=10_000)
+    reports: list[TaskReport] = Field(max_length=MAX_REPORTS)
 
 
 class ReportResponse(BaseModel):
@@ -99,7 +106,7 @@ class ExchangeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reports: list[TaskReport] = Field(default_factory=list, max_length=10_000)
+    reports: list[TaskReport] = Field(default_factory=list, max_length=MAX_REPORTS)
     claims: list[Name] = Field(default_factory=list, max_length=10_000)
 
 

@@ -47,5 +47,9 @@ class RedisKeys:
         """Pub/sub channel telling workers to stop a running task."""
         return f"{self.prefix}:cancel"
 
+    def rate_limit(self, scope: str, identity: str) -> str:
+        """HASH {tokens, at_ms}: one caller's token bucket for one scope (lua/ratelimit.lua)."""
+        return f"{self.prefix}:ratelimit:{scope}:{identity}"
+
     def queue_pattern(self) -> str:
         return f"{self.prefix}:queue:*"

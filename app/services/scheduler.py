@@ -6,7 +6,7 @@ two leaves the database ahead of Redis, which reconciliation repairs; never the 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,17 +53,40 @@ class AlreadyFinal(Exception):
         super().__init__(f"task '{task_id}' is already {status}")
 
 
+# Completions are applied by one set-based statement however many there are; every other ending
+# (retry, failure, release) by a few statements of its own, 5-20 ms each on SQLite under its one
+# write lock. One request's 500 failures in one transaction held that lock for seconds (health
+# checks and submissions waited, some got 503), so they are applied this many at a time.
+SLOW_REPORTS_PER_TRANSACTION = 10
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 class Scheduler:
-    def __init__(self, settings: Settings, db: Database, queue: RedisQueue) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        queue: RedisQueue,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """`clock`: the scheduler's time. The API's own by default; a worker that runs its own
+        transitions (worker/transport.py) passes the database server's, so that no protocol
+        time depends on that worker's clock being right."""
         self.settings = settings
+        self.clock = clock
         self.db = db
         self.queue = queue
         # Set when Redis could not be told about committed work; reconciliation catches up.
         self.redis_behind = False
+        self.retry_policy = retry_policy.RetryPolicy(
+            base=settings.retry_backoff_base,
+            cap=settings.retry_backoff_max,
+            max_losses=settings.max_worker_losses,
+        )
         self.single_submissions = SubmitGroup(
             self.admit_resolved, flushers=1 if db.is_sqlite else SUBMIT_FLUSHERS
         )
@@ -101,20 +124,20 @@ class Scheduler:
     ) -> tuple[TaskPublic, bool]:
         """Admit one task: durable in the database before this returns, then queued in Redis.
         Concurrent single submissions share one transaction (app.services.group_submit)."""
-        new = self.resolve(0, spec, correlation_id, utcnow())
+        new = self.resolve(0, spec, correlation_id, self.clock())
         return await self.single_submissions.submit(new)
 
     async def submit_many(
         self, specs: Sequence[TaskCreate], correlation_id: str | None = None
     ) -> list[tuple[TaskPublic, bool]]:
         """Admit a batch in one transaction (all or nothing) and queue it in one Redis call."""
-        now = utcnow()
+        now = self.clock()
         return await self.admit_resolved(
             [self.resolve(i, spec, correlation_id, now) for i, spec in enumerate(specs)]
         )
 
     async def admit_resolved(self, batch: Sequence[NewTask]) -> list[tuple[TaskPublic, bool]]:
-        now = utcnow()
+        now = self.clock()
         admitted = await self._admit(batch, now)
         ready = [a.ready for a in admitted if a.ready is not None]
         if ready:
@@ -150,11 +173,18 @@ class Scheduler:
 
     # --- operator actions ------------------------------------------------------------------------
 
-    async def cancel(self, task_id: str) -> TaskPublic:
+    async def cancel(self, task_id: str, *, key_id: str | None = None) -> TaskPublic:
         """Cancel a pending or running task (and its dependents). A running attempt is told to
-        stop through pub/sub; its late report is refused like any superseded attempt's."""
+        stop through pub/sub; its late report is refused like any superseded attempt's. The
+        action is audited (`key_id`: who asked) in the transaction that makes it."""
+        now = self.clock()
         async with self.db.transaction() as conn:
-            outcome = await transitions.cancel(conn, task_id, now=utcnow())
+            outcome = await transitions.cancel(conn, task_id, now=now)
+            if not isinstance(outcome, TaskStatus):
+                detail = {"previous": str(outcome.previous), "dependents": len(outcome.dependents)}
+                await repo.record_event(
+                    conn, "cancel", task_id=task_id, key_id=key_id, at=now, detail=detail
+                )
         if isinstance(outcome, TaskStatus):
             raise AlreadyFinal(task_id, outcome)
         log.info(
@@ -162,6 +192,7 @@ class Scheduler:
             task_id=task_id,
             was=outcome.previous,
             dependents=len(outcome.dependents),
+            key_id=key_id,
         )
         if outcome.previous == TaskStatus.RUNNING:
             message = {
@@ -173,11 +204,13 @@ class Scheduler:
         await self._tell_redis(self.queue.forget([task_id, *outcome.dependents]))
         return await self._read(task_id)
 
-    async def retry(self, task_id: str) -> TaskPublic:
+    async def retry(self, task_id: str, *, key_id: str | None = None) -> TaskPublic:
         """Re-run a failed or cancelled task by hand, with a fresh allowance of retries."""
+        now = self.clock()
         async with self.db.transaction() as conn:
-            ready = await transitions.manual_retry(conn, task_id, now=utcnow())
-        log.info("task.manual_retry", task_id=task_id)
+            ready = await transitions.manual_retry(conn, task_id, now=now)
+            await repo.record_event(conn, "retry", task_id=task_id, key_id=key_id, at=now)
+        log.info("task.manual_retry", task_id=task_id, key_id=key_id)
         if ready is not None:
             await self._tell_redis(self.queue.enqueue([ready]))
         return await self._read(task_id)
@@ -201,10 +234,33 @@ class Scheduler:
     async def exchange(
         self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
     ) -> ExchangeResponse:
-        """One round of the worker protocol in one transaction: record how attempts ended (a
-        report of a superseded attempt is refused: exactly one result per task, whatever arrives
-        late or twice), and turn the worker's fresh Redis claims into numbered attempts."""
-        now = utcnow()
+        """One round of the worker protocol: record how attempts ended (a report of a superseded
+        attempt is refused: exactly one result per task, whatever arrives late or twice), and
+        turn the worker's fresh Redis claims into numbered attempts. One transaction, unless the
+        reports hold many endings other than completions: those take a few statements each, so
+        they are applied SLOW_REPORTS_PER_TRANSACTION at a time (the completions with the first
+        chunk, the claims with the last), and no request holds SQLite's write lock for long.
+        Each report stays one guarded statement, so a request cut short is simply sent again."""
+        done = [r for r in reports if r.outcome == AttemptOutcome.COMPLETED]
+        slow = [r for r in reports if r.outcome != AttemptOutcome.COMPLETED]
+        step = SLOW_REPORTS_PER_TRANSACTION
+        if len(slow) <= step:
+            return await self._exchange_once(worker_id, reports, claims)
+        chunks = [done + slow[:step]] + [slow[i : i + step] for i in range(step, len(slow), step)]
+        merged = ExchangeResponse()
+        for number, chunk in enumerate(chunks, start=1):
+            last = number == len(chunks)
+            answer = await self._exchange_once(worker_id, chunk, claims if last else [])
+            merged.accepted += answer.accepted
+            merged.refused_reports += answer.refused_reports
+            merged.started, merged.refused_claims = answer.started, answer.refused_claims
+        return merged
+
+    async def _exchange_once(
+        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+    ) -> ExchangeResponse:
+        """Scheduler.exchange in one transaction."""
+        now = self.clock()
         # The database lease is the backstop behind the Redis one; heartbeats extend it.
         lease_until = now + timedelta(seconds=self.settings.worker_offline_after)
         async with self.db.transaction() as conn:
@@ -214,6 +270,8 @@ class Scheduler:
             )
             wanted = [r.task_id for r in rows if r.has_dependencies]
             results = await repo.dependency_results(conn, wanted) if wanted else {}
+            refused = _missing(claims, [r.task_id for r in rows])
+            later, orphans = await self._refused(conn, refused, now) if refused else ([], [])
         started = [_to_run(r, results.get(r.task_id)) for r in rows]
         answer = ExchangeResponse(
             started=started,
@@ -222,8 +280,34 @@ class Scheduler:
             refused_reports=_missing([r.task_id for r in reports], accepted),
         )
         self._observe(worker_id, rows, answer, now)
-        await self._tell_redis(self._settle(worker_id, reports, answer, to_queue))
+        settled = self._settle(worker_id, reports, answer, to_queue + later, orphans)
+        await self._tell_redis(settled)
         return answer
+
+    async def _refused(
+        self, conn: Any, task_ids: Sequence[str], now: datetime
+    ) -> tuple[list[ReadyTask], list[tuple[str, str, str]]]:
+        """Besides dropping their claims: a refused task that is not due yet goes back to the
+        delayed set (a stray queue entry must not make it skip its backoff), and a running one
+        gets a lease for its attempt. The latter closes a double fault: a start that committed
+        while its lease was not taken (Redis failed) and whose answer was lost; its worker
+        handed the claim back to the queue, and without a lease nothing would notice that no
+        one runs the attempt until the database lease ran out. Now it lapses after one lease."""
+        heads = (await repo.task_heads(conn, task_ids)).values()
+        later = [
+            ReadyTask(h.task_id, h.task_type, h.priority, h.scheduled_at)
+            for h in heads
+            if h.status == TaskStatus.PENDING
+            and h.remaining_dependencies == 0
+            and h.scheduled_at is not None
+            and h.scheduled_at > now
+        ]
+        running = [
+            (h.task_id, h.task_type, lease_token(h.worker_id or "", h.attempt))
+            for h in heads
+            if h.status == TaskStatus.RUNNING
+        ]
+        return later, running
 
     async def start_claimed(self, worker_id: str, task_ids: Sequence[str]) -> StartResponse:
         answer = await self.exchange(worker_id, [], task_ids)
@@ -239,12 +323,15 @@ class Scheduler:
         reports: Sequence[TaskReport],
         answer: ExchangeResponse,
         to_queue: list[ReadyTask],
+        orphans: list[tuple[str, str, str]],
     ) -> None:
         """Make Redis follow what was committed: ended attempts and refused claims give their
-        leases up (only where they still own them), started attempts take theirs."""
+        leases up (only where they still own them), started attempts (and running `orphans`,
+        see _refused) take theirs."""
         released = [(r.task_id, lease_token(worker_id, r.attempt)) for r in reports]
         released += [(task_id, claim_token(worker_id)) for task_id in answer.refused_claims]
         held = [(t.task_id, t.task_type, lease_token(worker_id, t.attempt)) for t in answer.started]
+        held += orphans
         await self.queue.settle(released, held)
         if to_queue:
             await self.queue.enqueue(to_queue)
@@ -300,19 +387,13 @@ class Scheduler:
             )
             return None if ready is None else [ready]
         if retry_policy.is_retryable(report.outcome):
-            run_at = retry_policy.next_run_at(
-                now,
-                report.attempt,
-                base=self.settings.retry_backoff_base,
-                cap=self.settings.retry_backoff_max,
-            )
             ready = await transitions.retry(
                 conn,
                 report.task_id,
                 report.attempt,
                 outcome=report.outcome,
                 error=report.error,
-                run_at=run_at,
+                policy=self.retry_policy,
                 now=now,
                 worker_id=worker_id,
             )

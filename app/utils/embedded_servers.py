@@ -464,6 +464,9 @@ class ValkeyServer(EmbeddedServer):
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--save", "",  # no RDB snapshots: the AOF is the only persistence
+            # Refuse writes when full rather than drop keys: an evicted entry is a task Redis
+            # forgets silently (docs/deployment.md, "Redis"). Valkey's default, made explicit.
+            "--maxmemory-policy", "noeviction",
             "--logfile", "",  # log to stdout, which _spawn sends to log_file
             *self._extra_args,
         ]  # fmt: skip

@@ -1,8 +1,15 @@
-"""Prometheus metrics of the scheduler. Counters are per process; scrape every API process."""
+"""Prometheus metrics of the scheduler.
+
+With several API processes on one host (`python -m app.main --workers N`), each process writes
+its metrics to files in PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode) and any
+process's /metrics answers with the sum over all of them, so a scrape through the load balancer
+is right whichever process answers. Without that variable, metrics are this process's own."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 TASKS_SUBMITTED = Counter("dts_tasks_submitted_total", "Tasks accepted by the API", ["task_type"])
 ATTEMPTS_ENDED = Counter("dts_attempts_ended_total", "Attempts that ended, by outcome", ["outcome"])
@@ -13,7 +20,13 @@ LEASES_EXPIRED = Counter("dts_leases_expired_total", "Leases the sweeper found e
 REDIS_REBUILDS = Counter(
     "dts_redis_rebuilds_total", "Times the Redis state was rebuilt from the database"
 )
-QUEUE_DEPTH = Gauge("dts_queue_depth", "Ready tasks waiting in Redis", ["task_type"])
+# Only the leader sets it; across processes the most recent value is the true one.
+QUEUE_DEPTH = Gauge(
+    "dts_queue_depth",
+    "Ready tasks waiting in Redis",
+    ["task_type"],
+    multiprocess_mode="mostrecent",
+)
 QUEUE_WAIT = Histogram(
     "dts_queue_wait_seconds",
     "Time from submission to the start of an attempt",
@@ -34,3 +47,16 @@ def task_type_label(task_type: str) -> str:
         _task_type_labels.add(task_type)
         return task_type
     return "other"
+
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What /metrics exposes: the sum over every process of this host that writes to
+    PROMETHEUS_MULTIPROC_DIR, or this process's own registry when it is unset."""
+    if not os.environ.get(MULTIPROC_DIR):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

@@ -1,6 +1,6 @@
-"""Task detail: every field, payload and result, the attempts as a timeline, the tasks it waits for
-and the tasks waiting for it, and the cancel and retry actions. The id is in the URL
-(?task_id=...), so a task's page can be linked to."""
+"""Task detail: every field, payload and result, the attempts as a timeline, the operator actions
+taken on it (with the key of each), the tasks it waits for and the tasks waiting for it, and the
+cancel and retry actions. The id is in the URL (?task_id=...), so a task's page can be linked to."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def _task(task_id: str) -> None:
         _fields(task)
         _data(task)
         _attempts(task)
+        _events(task)
         _relations(task)
         ui.updated_caption()
 
@@ -90,6 +91,24 @@ def _attempts(task: dict[str, Any]) -> None:
         attempts, columns=["attempt", "worker_id", "started_at", "ended_at", "outcome", "error"]
     )
     st.dataframe(frame, hide_index=True)
+
+
+def _events(task: dict[str, Any]) -> None:
+    """Operator actions on the task (cancel, retry) and the key that made each (audit)."""
+    events = task.get("events") or []
+    if not events:
+        return
+    st.markdown(f"**Operator actions** ({len(events)})")
+    rows = [
+        {
+            "at": str(e["at"]).replace("T", " ")[:19] + " UTC",
+            "action": e["action"],
+            "key": e.get("key_id") or "(no key)",
+            "detail": ", ".join(f"{k}: {v}" for k, v in (e.get("detail") or {}).items()),
+        }
+        for e in events
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
 def _relations(task: dict[str, Any]) -> None:

@@ -18,8 +18,10 @@ long runner counts them in its report."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -27,18 +29,21 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.config import Settings
 from app.services.keys import RedisKeys
 from app.utils.embedded_servers import PostgresServer, ValkeyServer, free_port
+from tests.chaos import system
 from tests.integration.harness import FINAL, Proc, Stack, eventually
 
 LEASE_SECONDS = 2.0
@@ -53,6 +58,9 @@ SUBMIT_CONCURRENCY = 16
 OK = frozenset({200, 201})
 
 TaskRef = tuple[str, int]  # (task_id, attempt)
+# A scenario that kills workers kills none running an attempt numbered above this: a task is cut
+# at most this often (plus one kill racing the choice), well within MAX_WORKER_LOSSES.
+MAX_CUTS = 2
 
 # Open bugs the chaos suite found, each pinned by a strict xfail test in test_chaos.py (listed in
 # the long report). The scenarios avoid triggering them; remove an entry with its xfail marker.
@@ -75,6 +83,16 @@ FIXED_BUGS = {
     "listed the departed worker as active until it was declared lost; fixed in WorkerNode.run "
     "and repositories.heartbeat_worker "
     "(test_a_late_heartbeat_does_not_bring_back_a_deregistered_worker)",
+    "P1": "a worker cut off from the API but not from Valkey kept renewing the leases of its "
+    "attempts (its lease keeper needs only Valkey), so they stayed 'running' on it for the whole "
+    "partition; fixed in WorkerNode.held_leases (no lease is renewed once the scheduler has not "
+    "answered for LEASE_SECONDS; a busy worker probes /health/live when nothing else reached it) "
+    "(test_worker_cut_off_from_the_api_has_its_tasks_reassigned)",
+    "P2": "a worker running its transitions itself (--database-url) used its own clock as the "
+    "scheduler's: 30 s behind, it recorded attempts as started before their task was created, "
+    "and its clock set the start's scheduled_at guard, backoffs and database leases; fixed in "
+    "worker/transport.py (ServerClock: the database server's time, read every 30 s) "
+    "(test_a_worker_running_its_own_transitions_records_the_schedulers_time)",
     "B5": "SIGTERM/SIGINT to the worker's process group while its process pool was starting "
     "killed the pool's processes before their initializer could ignore the signal; fixed in "
     "worker/task_executor.py (pool processes start with the signals blocked) "
@@ -115,6 +133,7 @@ class Outcome:
     overruns: int = 0  # tasks that ran more often than their attempts say
     detect: list[float] = field(default_factory=list)
     reassign: list[float] = field(default_factory=list)
+    rejoin: list[float] = field(default_factory=list)  # partition healed -> worker runs again
     violations: list[str] = field(default_factory=list)
     error: str | None = None  # the scenario itself broke off (an exception)
     seconds: float = 0.0
@@ -135,6 +154,7 @@ class Outcome:
         data = asdict(self)
         data["detect"] = [round(x, 3) for x in self.detect]
         data["reassign"] = [round(x, 3) for x in self.reassign]
+        data["rejoin"] = [round(x, 3) for x in self.rejoin]
         return data
 
 
@@ -188,34 +208,69 @@ class ChaosEnv:
     """Private Valkey (+ PostgreSQL), and the API and workers as processes; all torn down on
     exit. Use `async with ChaosEnv(tmp) as env:`."""
 
-    def __init__(self, tmp: Path, *, postgres: bool = False, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        postgres: bool = False,
+        appendonly: bool = False,
+        namespaces: int = 0,
+        small_disk: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`namespaces`: network namespaces for workers to run in (`start_worker(netns=...)`);
+        the API and Valkey then also listen on this side's addresses of their links.
+        `small_disk`: the SQLite file lives on a 32 MB tmpfs (`self.disk`) that can be filled.
+        `env`: settings for the API and workers on top of API_ENV."""
         self.tmp = tmp
         self.use_postgres = postgres
+        self.appendonly = appendonly
         self.valkey = ValkeyServer(tmp / "valkey", appendonly=appendonly)
         self.postgres: PostgresServer | None = PostgresServer(tmp / "pg") if postgres else None
+        self.network = system.Network(namespaces) if namespaces else None
+        self.disk = system.SmallDisk(tmp / "disk", size_mb=32) if small_disk else None
+        self.env = {**API_ENV, **(env or {})}
         self.stack: Stack | None = None
         self._http: httpx.AsyncClient | None = None
         self._redis: Redis | None = None
 
     async def __aenter__(self) -> ChaosEnv:
         try:
+            api_host = await asyncio.to_thread(self._machine)
             await asyncio.to_thread(self.valkey.start)
             if self.postgres is not None:
                 await asyncio.to_thread(self.postgres.start, 60)
                 database_url = await asyncio.to_thread(self.postgres.create_database, "chaos")
             else:
-                database_url = f"sqlite:///{self.tmp / 'chaos.db'}"
+                folder = self.tmp if self.disk is None else self.disk.path
+                database_url = f"sqlite:///{folder / 'chaos.db'}"
             self.stack = Stack(
                 tmp=self.tmp,
                 database_url=database_url,
                 redis_url=self.valkey.url,
-                env=dict(API_ENV),
+                env=self.env,
                 api_port=free_port(),
+                api_host=api_host,
             )
         except BaseException:
             await self.close()
             raise
         return self
+
+    def _machine(self) -> str:
+        """Set up the namespaces and the small disk; returns where the API must listen."""
+        if self.disk is not None:
+            self.disk.mount()
+        if self.network is None:
+            return "127.0.0.1"
+        self.network.create()
+        # Reachable from the namespaces: Valkey on this side's link addresses too, the API on
+        # every address (a test-only world: nothing else is on these links).
+        bind = ["--bind", "127.0.0.1", *self.network.root_addresses, "--protected-mode", "no"]
+        self.valkey = ValkeyServer(self.tmp / "valkey", appendonly=self.appendonly, extra_args=bind)
+        # Not on loopback, the API would require keys: this world has none.
+        self.env.setdefault("AUTH_REQUIRED", "false")
+        return "0.0.0.0"
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -232,6 +287,11 @@ class ChaosEnv:
         await asyncio.to_thread(self.valkey.stop)
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
+        # After every process inside has died: a namespace lives as long as one does.
+        if self.network is not None:
+            await asyncio.to_thread(self.network.close)
+        if self.disk is not None:
+            await asyncio.to_thread(self.disk.unmount)
 
     # --- processes ---------------------------------------------------------------------------
 
@@ -245,8 +305,25 @@ class ChaosEnv:
         await self.reset_http()  # pooled connections to a killed API are useless
         return api
 
-    def start_worker(self, worker_id: str, *options: str) -> Proc:
-        return self.processes.start_worker(worker_id, *options)
+    def start_worker(
+        self,
+        worker_id: str,
+        *options: str,
+        netns: system.Namespace | None = None,
+        skew: int = 0,
+    ) -> Proc:
+        """A worker process; inside network namespace `netns` (it reaches the API and Valkey
+        through the namespace's link), with its wall clock `skew` seconds off."""
+        env: dict[str, str] = {}
+        wrapper: list[str] = []
+        if netns is not None:
+            wrapper = netns.exec_prefix
+            env["REDIS_URL"] = f"redis://{netns.redis_ip}:{self.valkey.port}/0"
+            api_url = f"http://{netns.api_ip}:{self.processes.api_port}"
+            options = (*options, "--api-url", api_url)  # the later --api-url wins
+        if skew:
+            env |= system.skewed_clock_env(skew)
+        return self.processes.start_worker(worker_id, *options, env=env, wrapper=wrapper)
 
     def worker_logs(self) -> list[Path]:
         return sorted({p.log for p in self.processes.procs if not p.name.startswith("api-")})
@@ -345,6 +422,14 @@ class ChaosEnv:
             held.setdefault(task["worker_id"], []).append((task["task_id"], task["attempt"]))
         return held
 
+    async def running_by_worker_named(self, worker_id: str) -> list[TaskRef]:
+        return (await self.running_by_worker()).get(worker_id, [])
+
+    async def workers(self) -> list[dict[str, Any]]:
+        body: dict[str, Any] = (await self.http.get("/api/workers")).json()
+        workers: list[dict[str, Any]] = body["workers"]
+        return workers
+
     async def task(self, task_id: str) -> dict[str, Any]:
         answer = await self.http.get(f"/api/tasks/{task_id}")
         answer.raise_for_status()
@@ -368,13 +453,18 @@ class ChaosEnv:
 class WorkerPool:
     """Worker processes of a scenario; a worker lost to a fault is replaced by a fresh one."""
 
-    def __init__(self, env: ChaosEnv, prefix: str, size: int, *options: str) -> None:
+    def __init__(
+        self, env: ChaosEnv, prefix: str, size: int, *options: str, skews: Sequence[int] = (0,)
+    ) -> None:
+        """`skews`: the wall-clock offsets of the workers, in turn (see ChaosEnv.start_worker)."""
         self.env, self.prefix, self.size, self.options = env, prefix, size, options
+        self.skews = skews
         self.live: list[Proc] = []
         self.spawned = 0
 
     def spawn(self) -> Proc:
-        proc = self.env.start_worker(f"{self.prefix}-{self.spawned}", *self.options)
+        skew = self.skews[self.spawned % len(self.skews)]
+        proc = self.env.start_worker(f"{self.prefix}-{self.spawned}", *self.options, skew=skew)
         self.spawned += 1
         self.live.append(proc)
         return proc
@@ -388,12 +478,22 @@ class WorkerPool:
         self.live.remove(proc)
         return self.spawn()
 
-    async def busy(self, rng: random.Random, *, timeout: float = 30) -> tuple[Proc, list[TaskRef]]:
-        """A live worker of the pool that is running tasks right now (chosen at random)."""
+    async def busy(
+        self, rng: random.Random, *, timeout: float = 30, max_attempt: int | None = None
+    ) -> tuple[Proc, list[TaskRef]]:
+        """A live worker of the pool that is running tasks right now (chosen at random).
+        `max_attempt`: only a worker whose running attempts are all at most that number, so that
+        a scenario that kills workers does not cut the same task again and again (past
+        MAX_WORKER_LOSSES it would fail, rightly, but that is not what such a scenario tests)."""
+
+        def eligible(refs: list[TaskRef]) -> bool:
+            return bool(refs) and (max_attempt is None or all(n <= max_attempt for _, n in refs))
 
         async def find() -> tuple[Proc, list[TaskRef]] | None:
             held = await self.env.running_by_worker()
-            busy = [p for p in self.live if held.get(p.name) and p.popen.poll() is None]
+            busy = [
+                p for p in self.live if eligible(held.get(p.name, [])) and p.popen.poll() is None
+            ]
             if not busy:
                 return None
             chosen = rng.choice(busy)
@@ -664,7 +764,7 @@ async def worker_sigkill(
             for j in range(3)
         ]
         accepted |= (await env.submit(specs)).accepted
-        victim, held = await pool.busy(rng)
+        victim, held = await pool.busy(rng, max_attempt=MAX_CUTS)
         await asyncio.sleep(rng.uniform(0.2, 0.6))  # let its tasks get well into their run
         held = await pool.running_on(victim) or held
         at = time.time()
@@ -1032,6 +1132,537 @@ async def _freeze_and_thaw(
     return fault
 
 
+# --- network partitions -----------------------------------------------------------------------
+
+# What a partitioned worker is cut off from: the API only, Valkey only, or both (then also what
+# this side sends back). Each is a scenario of its own, so the report has figures per kind.
+PARTITION_KINDS = ("api", "redis", "full")
+# The lease path reassigns a dead or cut-off worker's attempt within LEASE_SECONDS plus one sweep
+# (the report has the figures). This bound is what a scenario treats as a violation: three
+# leases, room for a loaded 2-CPU machine, far below the database fallback (3 heartbeats or more).
+LEASE_BOUND = 3 * LEASE_SECONDS
+REJOIN_TIMEOUT = 90.0  # two HTTP tries of 30 s each, plus TCP's retransmission backoff
+
+
+async def network_partition(
+    env: ChaosEnv,
+    rng: random.Random,
+    faults: int,
+    outcome: Outcome,
+    *,
+    kinds: Sequence[str] = PARTITION_KINDS,
+    bound_api_cut: bool | None = None,
+) -> None:
+    """A worker in its own network namespace is cut off (packets silently dropped) from the API,
+    from Valkey, or from both, while it runs tasks; the partition heals after 2-3 leases. Two
+    workers on this side (`sleep` and `cpu` only) take over. The cut-off worker's attempts must be
+    reassigned within LEASE_BOUND and its late reports refused; after the heal it must rejoin:
+    an `echo` task (a type only it runs) completes on it. detect = cut -> attempt recorded
+    worker_lost; reassign = cut -> next attempt started; rejoin = heal -> the echo task started.
+    `bound_api_cut`: check the bound for "api" cuts too (default: unless P1 is a known bug)."""
+    if bound_api_cut is None:
+        bound_api_cut = "P1" not in KNOWN_BUGS
+    assert env.network is not None, "network_partition needs ChaosEnv(namespaces=1)"
+    ns = env.network.namespaces[0]
+    await env.start_api()
+    pool = WorkerPool(env, "n", 2, "--max-concurrent-tasks", "3", "--capabilities", "sleep,cpu")
+    await pool.start()
+    victim = env.start_worker("cut", "--max-concurrent-tasks", "3", netns=ns)
+    await env.processes.wait_for_workers(victim.name)
+    accepted: set[str] = set()
+    injected: list[Fault] = []
+    bounded: list[Fault] = []  # those whose attempts must move within LEASE_BOUND
+    for i in range(faults):
+        if injected:
+            await env.moved_on(injected[-1].held, timeout=REJOIN_TIMEOUT)
+        await env.queue_drained()
+        kind = kinds[i % len(kinds)]
+        check = kind != "api" or bound_api_cut
+        fault = await _partition_once(
+            env, rng, ns, victim, f"{kind}-{i}", outcome, accepted, bounded=check
+        )
+        injected.append(fault)
+        bounded += [fault] if check else []
+        outcome.faults += 1
+    details = await check_invariants(env, outcome, accepted)
+    worker_fault_metrics(outcome, details, bounded, ended_as="worker_lost")
+    for fault in injected:
+        if fault.resumed_at is not None and fault.recovered_at is not None:
+            outcome.rejoin.append(fault.resumed_at - fault.recovered_at)
+
+
+async def _partition_once(
+    env: ChaosEnv,
+    rng: random.Random,
+    ns: system.Namespace,
+    victim: Proc,
+    label: str,
+    outcome: Outcome,
+    accepted: set[str],
+    *,
+    bounded: bool,
+) -> Fault:
+    """One cut of kind label's prefix ("api", "redis", "full"), held 2-3 leases, then healed."""
+    kind = label.split("-")[0]
+    held = await _keep_busy(env, rng, victim.name, label, accepted)
+    await asyncio.sleep(rng.uniform(0.2, 0.5))  # well into their run
+    held = await env.running_by_worker_named(victim.name) or held
+    fault = Fault(at=time.time(), target=victim.name, held=held)
+    await asyncio.to_thread(ns.cut, api=kind in ("api", "full"), redis=kind in ("redis", "full"))
+    try:
+        if bounded:
+            await _reassigned_within_bound(env, fault, kind, outcome)
+        # The partition lasts a few leases (the fault's length, not a synchronisation).
+        await asyncio.sleep(max(0.0, fault.at + rng.uniform(2, 3) * LEASE_SECONDS - time.time()))
+    finally:
+        await asyncio.to_thread(ns.heal)
+    fault.recovered_at = time.time()
+    fault.resumed_at = await _rejoined(env, victim.name, label, outcome, accepted)
+    return fault
+
+
+async def _keep_busy(
+    env: ChaosEnv, rng: random.Random, worker: str, label: str, accepted: set[str]
+) -> list[TaskRef]:
+    """Submit batches of tasks until `worker` runs some (the other workers take their share)."""
+    for batch in range(10):
+        specs = [
+            make_task(
+                "sleep" if j % 3 else "cpu", f"part-{label}-{batch}-{j}", rng.uniform(1.5, 2.5)
+            )
+            for j in range(6)
+        ]
+        accepted |= (await env.submit(specs)).accepted
+
+        async def busy() -> list[TaskRef]:
+            return await env.running_by_worker_named(worker)
+
+        with contextlib.suppress(AssertionError):
+            found: list[TaskRef] = await eventually(busy, timeout=5, what=f"{worker} to run tasks")
+            return found
+        await env.queue_drained()
+    raise AssertionError(f"{worker} took none of 60 tasks")
+
+
+async def _reassigned_within_bound(
+    env: ChaosEnv, fault: Fault, kind: str, outcome: Outcome
+) -> None:
+    """The cut-off worker's attempts must have moved on (ended, and started again or finished)
+    within LEASE_BOUND of the cut; a violation otherwise."""
+
+    async def moved() -> bool:
+        tasks = await env.details(t for t, _ in fault.held)
+        return all(tasks[t]["attempt"] > n or tasks[t]["status"] in FINAL for t, n in fault.held)
+
+    try:
+        await eventually(moved, timeout=LEASE_BOUND, what="the cut-off worker's tasks to move")
+        fault.detected_at = time.time()
+    except AssertionError:
+        tasks = await env.details(t for t, _ in fault.held)
+        stuck = {t: (tasks[t]["status"], tasks[t]["worker_id"]) for t, _ in fault.held}
+        outcome.violate(
+            f"{kind} cut of {fault.target}: its attempts {fault.held} not reassigned "
+            f"{LEASE_BOUND:.0f}s after the cut: {stuck}"
+        )
+
+
+async def _rejoined(
+    env: ChaosEnv, worker: str, label: str, outcome: Outcome, accepted: set[str]
+) -> float | None:
+    """After the heal the worker must run tasks again: an `echo` task, which only it can run,
+    must complete on it. Returns when that attempt started (None: it did not rejoin)."""
+    task_id = f"rejoin-{label}"
+    accepted |= (await env.submit([{"task_id": task_id, "task_type": "echo"}])).accepted
+
+    async def done() -> dict[str, Any] | None:
+        task = await env.task(task_id)
+        return task if task["status"] in FINAL else None
+
+    try:
+        task = await eventually(done, timeout=REJOIN_TIMEOUT, what=f"{worker} to rejoin")
+    except AssertionError:
+        outcome.violate(f"{worker} did not rejoin within {REJOIN_TIMEOUT:.0f}s of the heal")
+        return None
+    if task["status"] != "completed" or task["worker_id"] != worker:
+        outcome.violate(f"{task_id}: {task['status']} on {task['worker_id']}, not run by {worker}")
+
+    async def listed() -> bool:  # its heartbeats may still be in a request the cut made hang
+        return any(
+            w["worker_id"] == worker and w["status"] != "offline" for w in await env.workers()
+        )
+
+    try:
+        await eventually(listed, timeout=REJOIN_TIMEOUT, what=f"{worker} to be listed again")
+    except AssertionError:
+        outcome.violate(f"{worker}: runs tasks again but still listed offline after the heal")
+    started = attempts_of(task).get(task["attempt"], {}).get("started_at")
+    return parse_time(started)
+
+
+# --- clock skew -----------------------------------------------------------------------------
+
+CLOCK_SKEWS = (30, -30)  # seconds each worker's wall clock is off, in turn
+
+
+async def clock_skew(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:
+    """Workers whose wall clocks are 30 s ahead and 30 s behind (libfaketime; the API, Valkey
+    and the database keep the true time) run tasks, some delayed; a skewed worker is SIGKILLed
+    mid-task, `faults` times. Leases are timed by Valkey's clock (TIME in the Lua scripts), so
+    nothing may depend on the workers' clocks: every task completes, no attempt of a live worker
+    is taken for lost (a lease expiring early), a killed worker's attempts are reassigned
+    within LEASE_BOUND (not late), and the recorded times are the scheduler's: no attempt starts
+    before its task was created or was due. detect/reassign as for worker_sigkill."""
+    await env.start_api()
+    # Slots to spare: the survivors take the killed worker's tasks at once, so "reassign"
+    # measures the lease, not a wait for a slot.
+    pool = WorkerPool(env, "c", 3, "--max-concurrent-tasks", "6", skews=CLOCK_SKEWS)
+    await pool.start()
+    accepted: set[str] = set()
+    injected: list[Fault] = []
+    for i in range(faults):
+        if injected:
+            await env.moved_on(injected[-1].held)
+        await env.queue_drained()
+        specs = [sleep_task(f"skew-{i}-{j}", rng.uniform(1.0, 1.8)) for j in range(4)]
+        specs += [
+            sleep_task(f"skew-{i}-later-{j}", 0.3, delay_seconds=rng.uniform(0.5, 2))
+            for j in range(2)
+        ]
+        accepted |= (await env.submit(specs)).accepted
+        victim, held = await pool.busy(rng, max_attempt=MAX_CUTS)
+        await asyncio.sleep(rng.uniform(0.2, 0.6))
+        held = await pool.running_on(victim) or held
+        at = time.time()
+        if not await asyncio.to_thread(kill_group, victim):
+            outcome.violate(f"{victim.name}: processes of its group survived SIGKILL")
+        injected.append(Fault(at, victim.name, held))
+        outcome.faults += 1
+        pool.replace(victim)
+    details = await check_invariants(env, outcome, accepted)
+    worker_fault_metrics(outcome, details, injected, ended_as="worker_lost")
+    check_detection_bound(outcome)
+    killed = {f.target for f in injected}
+    for task_id, task in sorted(details.items()):
+        for attempt in task.get("attempts") or []:
+            if attempt["outcome"] == "worker_lost" and attempt["worker_id"] not in killed:
+                outcome.violate(
+                    f"{task_id}: attempt {attempt['attempt']} on {attempt['worker_id']} (alive, "
+                    "clock skewed) taken for lost: its lease expired early"
+                )
+        check_recorded_times(outcome, task)
+
+
+def check_recorded_times(outcome: Outcome, task: dict[str, Any]) -> None:
+    """Times the scheduler records must come from one clock: an attempt cannot start before its
+    task was created or due, nor end before it started (a small allowance for rounding)."""
+    attempts = task.get("attempts") or []
+    # scheduled_at is the submission's until a retry moves it to the retry's time.
+    due = parse_time(task.get("scheduled_at")) if len(attempts) == 1 else None
+    created = parse_time(task["created_at"])
+    for attempt in attempts:
+        started, ended = parse_time(attempt["started_at"]), parse_time(attempt["ended_at"])
+        wrong = [
+            what
+            for what, early, late in (
+                ("started before its task was created", created, started),
+                ("started before its task was due", due, started),
+                ("ended before it started", started, ended),
+            )
+            if early is not None and late is not None and late < early - 0.05
+        ]
+        for what in wrong:
+            outcome.violate(
+                f"{task['task_id']}: attempt {attempt['attempt']} on {attempt['worker_id']} "
+                f"recorded as {what} (a worker's clock used as the scheduler's)"
+            )
+
+
+def check_detection_bound(outcome: Outcome) -> None:
+    for seconds in outcome.detect:
+        if seconds > LEASE_BOUND:
+            outcome.violate(f"a lost attempt was detected {seconds:.1f}s after the fault")
+
+
+# --- a poison task ----------------------------------------------------------------------------
+
+CHAOS_TASKS = "tests.chaos.chaos_tasks"  # the test-only task types (--tasks)
+
+
+def worker_loss_cap(env: ChaosEnv) -> int:
+    """Attempts a task may lose to vanished workers before it fails, as the API applies it: its
+    MAX_WORKER_LOSSES setting, else the setting's default in the code."""
+    configured = env.env.get("MAX_WORKER_LOSSES")
+    if configured is not None:
+        return int(configured)
+    default = Settings.model_fields["max_worker_losses"].default
+    assert isinstance(default, int)
+    return default
+
+
+async def poison_task(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:
+    """A `chaos_poison` task SIGKILLs the worker that runs it, every time (`faults` kills in
+    all: one poison task per loss cap + 1 kills), among ordinary tasks on 3 one-slot workers,
+    which the scenario restarts as they die. The poison must end failed, every attempt
+    worker_lost, after at most max_retries + the loss cap + 1 attempts; every other task must
+    complete without losing an attempt (one slot per worker: nothing shares the poison's
+    worker). detect = poison attempt started -> recorded worker_lost (the kill comes at its
+    start); reassign = started -> its next attempt started."""
+    await env.start_api()
+    pool = WorkerPool(env, "x", 3, "--max-concurrent-tasks", "1", "--tasks", CHAOS_TASKS)
+    await pool.start()
+    cap = worker_loss_cap(env)
+    accepted: set[str] = set()
+    poisons: list[str] = []
+    while outcome.faults < faults:
+        poison = f"poison-{len(poisons)}"
+        poisons.append(poison)
+        specs = [sleep_task(f"{poison}-other-{j}", rng.uniform(0.3, 1.0)) for j in range(6)]
+        specs.insert(
+            rng.randrange(len(specs)),
+            {"task_id": poison, "task_type": "chaos_poison", "max_retries": 1},
+        )
+        accepted |= (await env.submit(specs)).accepted
+        outcome.faults += await _restart_until_final(env, pool, poison)
+    details = await check_invariants(env, outcome, accepted, expect_completed=False)
+    for task_id, task in sorted(details.items()):
+        if task_id in poisons:
+            _check_poison(outcome, task, cap)
+        elif task["status"] != "completed" or len(task.get("attempts") or []) != 1:
+            outcomes = [a["outcome"] for a in task.get("attempts") or []]
+            outcome.violate(f"{task_id}: {task['status']} after {outcomes}, next to a poison task")
+
+
+async def _restart_until_final(env: ChaosEnv, pool: WorkerPool, task_id: str) -> int:
+    """Replace dead workers until the task is final; returns how many died."""
+    deaths = 0
+
+    async def final() -> bool:
+        nonlocal deaths
+        for proc in [p for p in pool.live if p.popen.poll() is not None]:
+            deaths += 1
+            pool.replace(proc)
+        return (await env.task(task_id))["status"] in FINAL
+
+    await eventually(final, timeout=SETTLE_TIMEOUT, what=f"{task_id} to end", every=0.1)
+    return deaths
+
+
+def _check_poison(outcome: Outcome, task: dict[str, Any], cap: int) -> None:
+    attempts = task.get("attempts") or []
+    outcomes = [a["outcome"] for a in attempts]
+    bound = task["max_retries"] + cap + 1
+    if task["status"] != "failed" or set(outcomes) != {"worker_lost"} or len(attempts) > bound:
+        outcome.violate(
+            f"{task['task_id']}: {task['status']} after {outcomes}; expected failed after at "
+            f"most {bound} attempts, all worker_lost"
+        )
+    for previous, following in itertools.pairwise([*attempts, None]):
+        started, ended = parse_time(previous["started_at"]), parse_time(previous["ended_at"])
+        if started is None or ended is None:
+            continue
+        outcome.detect.append(ended - started)
+        again = parse_time(following["started_at"]) if following else None
+        if again is not None:
+            outcome.reassign.append(again - started)
+
+
+# --- the database slow, the disk full -----------------------------------------------------------
+
+LOCK_SECONDS = 10.0
+PROBE_TIMEOUT = 3.0  # a client's patience with one submission during a stall
+
+
+async def database_lock(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:
+    """A session takes `LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE` and holds it for 10 s while
+    tasks run and more are submitted. A submission meanwhile may wait (a client timeout) or get
+    503 with Retry-After, never another error; afterwards nothing is lost and the attempts
+    running at the stall complete. detect = lock taken -> first submission refused or timed
+    out; reassign = lock released -> the API accepts a task again."""
+    assert env.postgres is not None, "database_lock needs ChaosEnv(postgres=True)"
+    await database_stalls(env, rng, faults, outcome, lambda: (_table_locked(env), LOCK_SECONDS))
+
+
+@contextlib.asynccontextmanager
+async def _table_locked(env: ChaosEnv) -> AsyncIterator[None]:
+    """Hold ACCESS EXCLUSIVE on the tasks table (from another connection) while entered."""
+    assert env.postgres is not None
+    conn = await asyncpg.connect(env.postgres.database_url("chaos"))
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def sqlite_disk_full(
+    env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome
+) -> None:
+    """The file system of the SQLite file (a 32 MB tmpfs) fills up while tasks run and more are
+    submitted, for 1.5-3 s, then has room again. Meanwhile: 503 with Retry-After or a client
+    timeout, never another error; afterwards nothing is lost and the attempts running at the
+    fault complete. detect = disk full -> first submission refused; reassign = room again ->
+    the API accepts a task again."""
+    assert env.disk is not None, "sqlite_disk_full needs ChaosEnv(small_disk=True)"
+    await database_stalls(env, rng, faults, outcome, lambda: (_disk_full(env), rng.uniform(1.5, 3)))
+
+
+@contextlib.asynccontextmanager
+async def _disk_full(env: ChaosEnv) -> AsyncIterator[None]:
+    """Fill the small disk while entered."""
+    assert env.disk is not None
+    await asyncio.to_thread(env.disk.fill)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(env.disk.free)
+
+
+StallFactory = Callable[[], tuple[contextlib.AbstractAsyncContextManager[None], float]]
+
+
+async def database_stalls(
+    env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome, stall: StallFactory
+) -> None:
+    """`faults` times: tasks run, then the database cannot write while `stall()` (a context
+    manager, and for how many seconds to hold it) is entered; see Stall."""
+    await env.start_api()
+    pool = WorkerPool(env, "d", 2, "--max-concurrent-tasks", "4")
+    await pool.start()
+    accepted: set[str] = set()
+    injected: list[Fault] = []
+    for i in range(faults):
+        label = f"{outcome.scenario}-{i}"
+        specs = [sleep_task(f"{label}-{j}", rng.uniform(0.5, 1.5)) for j in range(10)]
+        accepted |= (await env.submit(specs)).accepted
+        await pool.busy(rng)
+        await asyncio.sleep(rng.uniform(0.1, 0.4))  # tasks in the middle of their run
+        held = [ref for refs in (await env.running_by_worker()).values() for ref in refs]
+        fault = Fault(at=time.time(), target=outcome.scenario, held=held)
+        during, hold = stall()
+        await Stall(env, label, outcome, accepted).run(fault, during, hold)
+        injected.append(fault)
+        outcome.faults += 1
+    details = await check_invariants(env, outcome, accepted)
+    check_attempts_survived(outcome, details, injected, "database stall")
+    stall_metrics(outcome, injected)
+
+
+class Stall:
+    """Submissions while the database cannot write, probed one after the other: each must be
+    accepted, refused with 503 + Retry-After, or time out on the client's side (PROBE_TIMEOUT);
+    anything else is a violation. A timed-out submission may still have been admitted later:
+    check_invariants then holds it to the same rules as the rest."""
+
+    def __init__(self, env: ChaosEnv, label: str, outcome: Outcome, accepted: set[str]) -> None:
+        self.env, self.label, self.outcome, self.accepted = env, label, outcome, accepted
+        self.sent = 0
+
+    async def probe(self, when: str) -> int | str:
+        spec = sleep_task(f"{self.label}-probe-{self.sent}", 0.1)
+        self.sent += 1
+        try:
+            answer = await self.env.http.post("/api/tasks", json=spec, timeout=PROBE_TIMEOUT)
+        except httpx.TimeoutException:
+            return "timeout"
+        except httpx.TransportError as exc:
+            self.outcome.violate(f"POST {when}: {type(exc).__name__}")
+            return type(exc).__name__
+        if answer.status_code in OK:
+            self.accepted.add(spec["task_id"])
+        elif answer.status_code != 503:
+            self.outcome.violate(f"POST {when}: HTTP {answer.status_code} {answer.text[:200]}")
+        elif not answer.headers.get("retry-after"):
+            self.outcome.violate(f"503 {when} without Retry-After")
+        return answer.status_code
+
+    async def run(
+        self, fault: Fault, stall: contextlib.AbstractAsyncContextManager[None], hold: float
+    ) -> Fault:
+        """Probe for `hold` seconds of the stall (`stall` holds it while entered), then until
+        one is accepted. detected_at = first refusal or timeout; recovered_at = the stall ended;
+        resumed_at = first acceptance after it."""
+        async with stall:
+            ends = time.monotonic() + hold
+            while time.monotonic() < ends:
+                answer = await self.probe(f"during the {self.label} stall")
+                if answer not in OK and fault.detected_at is None:
+                    fault.detected_at = time.time()
+                await asyncio.sleep(0.1)
+        fault.recovered_at = time.time()
+
+        async def admitted() -> bool:
+            return await self.probe(f"after the {self.label} stall") in OK
+
+        await eventually(admitted, timeout=60, what="the API to accept tasks again", every=0.05)
+        fault.resumed_at = time.time()
+        return fault
+
+
+def stall_metrics(outcome: Outcome, faults: Sequence[Fault]) -> None:
+    for fault in faults:
+        if fault.detected_at is None:
+            outcome.violate(
+                f"{fault.target}: every submission during the stall was accepted at once"
+            )
+        else:
+            outcome.detect.append(fault.detected_at - fault.at)
+        if fault.resumed_at is not None and fault.recovered_at is not None:
+            outcome.reassign.append(fault.resumed_at - fault.recovered_at)
+
+
+# --- results the database cannot store -----------------------------------------------------------
+
+BAD_RESULTS = ("chaos_nul", "chaos_big")
+
+
+async def bad_results(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:
+    """Tasks whose result PostgreSQL cannot store (text with a NUL character) or that is over the
+    size cap (2 MiB, or MAX_RESULT_BYTES + 1 KiB if set), each submitted with ordinary tasks
+    that run on the same workers and report in the same exchanges. The bad task must end
+    `failed` with an error that says why, every attempt an `error` (its report was refused
+    clearly, not dropped with the worker's other reports so that the attempt ran out its lease),
+    within max_retries + 1 attempts; every ordinary task completes. detect = first bad attempt
+    started -> ended; reassign: none."""
+    await env.start_api()
+    pool = WorkerPool(env, "b", 2, "--max-concurrent-tasks", "6", "--tasks", CHAOS_TASKS)
+    await pool.start()
+    accepted: set[str] = set()
+    bad: list[str] = []
+    for i in range(faults):
+        kind = BAD_RESULTS[i % len(BAD_RESULTS)]
+        task_id = f"bad-{i}-{kind}"
+        bad.append(task_id)
+        size = int(env.env.get("MAX_RESULT_BYTES", 2 * 1024 * 1024 - 1024)) + 1024
+        specs = [sleep_task(f"bad-{i}-other-{j}", rng.uniform(0.05, 0.3)) for j in range(6)]
+        specs.insert(
+            rng.randrange(len(specs)),
+            {"task_id": task_id, "task_type": kind, "payload": {"parameters": {"bytes": size}}},
+        )
+        accepted |= (await env.submit(specs)).accepted
+        outcome.faults += 1
+    details = await check_invariants(env, outcome, accepted, expect_completed=False)
+    for task_id, task in sorted(details.items()):
+        attempts = task.get("attempts") or []
+        outcomes = [a["outcome"] for a in attempts]
+        if task_id not in bad:
+            if task["status"] != "completed":
+                outcome.violate(f"{task_id}: {task['status']} {outcomes} (next to a bad result)")
+        elif (
+            task["status"] != "failed"
+            or not task.get("error")
+            or set(outcomes) != {"error"}
+            or len(attempts) > task["max_retries"] + 1
+        ):
+            outcome.violate(
+                f"{task_id}: {task['status']} after {outcomes} ({task.get('error')!r}); expected "
+                "failed with a clear error, every attempt an error (its report was not dropped)"
+            )
+        elif (ended := parse_time(attempts[0]["ended_at"])) is not None:
+            started = parse_time(attempts[0]["started_at"])
+            outcome.detect.append(ended - (started or ended))
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
@@ -1048,6 +1679,11 @@ class Scenario:
     appendonly: bool = False
     detect_means: str = ""
     reassign_means: str = ""
+    namespaces: int = 0  # network namespaces (ChaosEnv)
+    small_disk: bool = False  # the SQLite file on a small tmpfs (ChaosEnv)
+    env: dict[str, str] = field(default_factory=dict)  # settings on top of API_ENV
+    # Why the scenario cannot run on this machine (None: it can), e.g. not root.
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 def _kill(handlers: tuple[str, ...]) -> Runner:
@@ -1061,7 +1697,19 @@ async def _sigstop_both(env: ChaosEnv, rng: random.Random, faults: int, outcome:
     await worker_sigstop(env, rng, faults, outcome, handlers=("sleep", "cpu"))
 
 
+def _partition(*kinds: str) -> Runner:
+    async def run(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:
+        await network_partition(env, rng, faults, outcome, kinds=kinds)
+
+    return run
+
+
 LEASE_DETECT = "fault -> attempt recorded worker_lost by the sweeper"
+PARTITION_DETECT = "cut -> the cut-off worker's attempt recorded worker_lost by the sweeper"
+PARTITION_REASSIGN = (
+    "cut -> next attempt started on a worker on this side (rejoin: heal -> the cut-off worker "
+    "runs a task again)"
+)
 NEXT_START = "fault -> next attempt of that task started on another worker"
 
 SCENARIOS: dict[str, Scenario] = {
@@ -1104,6 +1752,44 @@ SCENARIOS: dict[str, Scenario] = {
             detect_means="kill/stop -> first 503 with Retry-After",
             reassign_means="database back up -> the API accepts a task again",
         ),
+        Scenario(
+            "clock_skew", clock_skew, 9,
+            detect_means=LEASE_DETECT + " (of a worker whose clock is 30 s off)",
+            reassign_means=NEXT_START,
+            unavailable=system.faketime_unavailable,
+        ),
+        Scenario(
+            "poison_task", poison_task, 12,
+            detect_means="poison attempt started (it kills its worker at once) -> recorded "
+            "worker_lost",
+            reassign_means="poison attempt started -> its next attempt started",
+        ),
+        Scenario(
+            "postgres_table_lock", database_lock, 6, postgres=True,
+            detect_means="ACCESS EXCLUSIVE lock taken -> first submission refused (503) or "
+            "timed out (3 s)",
+            reassign_means=f"lock released ({LOCK_SECONDS:.0f} s later) -> the API accepts a "
+            "task again",
+        ),
+        Scenario(
+            "sqlite_disk_full", sqlite_disk_full, 6, small_disk=True,
+            detect_means="file system full -> first submission refused (503) or timed out",
+            reassign_means="room again -> the API accepts a task again",
+            unavailable=system.tmpfs_unavailable,
+        ),
+        Scenario(
+            "postgres_bad_results", bad_results, 6, postgres=True,
+            detect_means="attempt with a NUL or oversized result started -> ended (error)",
+            reassign_means="none (such a task is not run again)",
+        ),
+        *(
+            Scenario(
+                f"partition_worker_{kind}", _partition(kind), 6, namespaces=1,
+                detect_means=PARTITION_DETECT, reassign_means=PARTITION_REASSIGN,
+                unavailable=system.netns_unavailable,
+            )
+            for kind in PARTITION_KINDS
+        ),
     )
 }  # fmt: skip
 
@@ -1125,7 +1811,14 @@ async def run_scenario(
         scenario = SCENARIOS[scenario]
     outcome = Outcome(scenario.name)
     started = time.monotonic()
-    env = ChaosEnv(tmp, postgres=scenario.postgres, appendonly=scenario.appendonly)
+    env = ChaosEnv(
+        tmp,
+        postgres=scenario.postgres,
+        appendonly=scenario.appendonly,
+        namespaces=scenario.namespaces,
+        small_disk=scenario.small_disk,
+        env=scenario.env,
+    )
     try:
         async with env:
             try:

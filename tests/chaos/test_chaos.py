@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import random
 import signal
 import struct
 import time
@@ -18,12 +20,17 @@ import pytest
 
 from app.services.message_queue import RedisQueue
 from tests.chaos.scenarios import (
+    LEASE_BOUND,
     LEASE_SECONDS,
+    SCENARIOS,
     WORKER_SIGKILL_MIXED,
     ChaosEnv,
     Outcome,
+    Scenario,
     check_invariants,
+    check_recorded_times,
     cpu_task,
+    network_partition,
     run_scenario,
     sleep_task,
 )
@@ -97,6 +104,140 @@ async def test_worker_frozen_past_its_lease_is_fenced_off(
     """SIGSTOP past the lease, SIGCONT after the task moved: the late result is refused."""
     outcome = await run_scenario("worker_sigstop", tmp_path, 1, seed=17, keep_logs=chaos_logs)
     assert_recovered(outcome, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Faults of the machine: partitions, clocks, a poison task, a stalled or full database, results
+# the database cannot store.
+# --------------------------------------------------------------------------------------------
+
+
+def available(scenario: Scenario) -> Scenario:
+    """Skip when this machine cannot inject the scenario's fault (root, ip netns, libfaketime)."""
+    reason = scenario.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    return scenario
+
+
+def partitions(*kinds: str, bound_api_cut: bool | None = None) -> Scenario:
+    async def run(env: ChaosEnv, rng: random.Random, faults: int, outcome: Outcome) -> None:
+        await network_partition(env, rng, faults, outcome, kinds=kinds, bound_api_cut=bound_api_cut)
+
+    base = SCENARIOS[f"partition_worker_{kinds[0]}"]
+    return dataclasses.replace(base, name=f"partition_worker_{'_'.join(kinds)}", run=run)
+
+
+async def test_worker_cut_off_from_redis_or_entirely_is_replaced_and_rejoins(
+    tmp_path: Path, chaos_logs: list[str]
+) -> None:
+    """A worker in its own network namespace loses Valkey (its leases lapse), then everything,
+    for 2-3 leases each: its attempts go to the other workers within the lease bound, its late
+    reports are refused, and after each heal it runs tasks again."""
+    scenario = available(partitions("redis", "full"))
+    outcome = await run_scenario(scenario, tmp_path, 2, seed=21, keep_logs=chaos_logs)
+    assert_recovered(outcome, 2)
+    assert outcome.detect, "no cut landed in the middle of a task"
+    assert max(outcome.detect) < LEASE_BOUND
+    assert len(outcome.rejoin) == 2
+
+
+async def test_worker_cut_off_from_the_api_has_its_tasks_reassigned(
+    tmp_path: Path, chaos_logs: list[str]
+) -> None:
+    """P1, found by partition_worker_api (fixed): a worker that reaches Valkey but not the API
+    kept its attempt's lease alive, so the attempt was never reassigned while the partition
+    lasted. Now it lets its leases lapse once the scheduler has not answered for a lease."""
+    available(SCENARIOS["partition_worker_api"])
+    async with ChaosEnv(tmp_path, namespaces=1) as env:
+        assert env.network is not None
+        ns = env.network.namespaces[0]
+        try:
+            await env.start_api()
+            env.start_worker("cut", netns=ns)
+            await env.processes.wait_for_workers("cut")
+            await env.submit([sleep_task("t", 60)])
+
+            async def on(worker: str) -> bool:
+                task = await env.task("t")
+                return bool(task["status"] == "running" and task["worker_id"] == worker)
+
+            await eventually(lambda: on("cut"), timeout=30, what="t to start on cut")
+            env.start_worker("rescuer", "--capabilities", "sleep")
+            await env.processes.wait_for_workers("rescuer")
+            ns.cut(api=True, redis=False)
+            await eventually(lambda: on("rescuer"), timeout=LEASE_BOUND, what="t to move")
+        except BaseException:
+            chaos_logs.append(env.logs())
+            raise
+        finally:
+            ns.heal()
+
+
+async def test_workers_with_skewed_clocks(tmp_path: Path, chaos_logs: list[str]) -> None:
+    """Clocks 30 s ahead and behind: no lease lapses early, a killed worker's lapse on time."""
+    scenario = available(SCENARIOS["clock_skew"])
+    outcome = await run_scenario(scenario, tmp_path, 1, seed=23, keep_logs=chaos_logs)
+    assert_recovered(outcome, 1)
+    assert outcome.detect and max(outcome.detect) < LEASE_BOUND
+
+
+async def test_a_worker_running_its_own_transitions_records_the_schedulers_time(
+    tmp_path: Path, chaos_logs: list[str]
+) -> None:
+    """P2 (fixed): a worker 30 s behind with --database-url recorded its attempt as started
+    before the task was created (the scheduler's clock was its own); now it uses the database
+    server's."""
+    available(SCENARIOS["clock_skew"])
+    async with ChaosEnv(tmp_path, postgres=True) as env:
+        assert env.postgres is not None
+        try:
+            await env.start_api()
+            database_url = env.postgres.database_url("chaos")
+            env.start_worker("behind", "--database-url", database_url, skew=-30)
+            await env.processes.wait_for_workers("behind")
+            accepted = (await env.submit([sleep_task("t", 0.1)])).accepted
+            outcome = Outcome("clock_skew_in_worker")
+            await check_invariants(env, outcome, accepted, timeout=30)
+            check_recorded_times(outcome, await env.task("t"))
+            outcome.assert_ok()
+        except BaseException:
+            chaos_logs.append(env.logs())
+            raise
+
+
+async def test_a_poison_task_fails_after_the_loss_cap_and_spares_the_rest(
+    tmp_path: Path, chaos_logs: list[str]
+) -> None:
+    """A task that SIGKILLs every worker running it ends failed after MAX_WORKER_LOSSES + 1
+    attempts (1 loss allowed here, to keep the test short; the long run uses the default)."""
+    scenario = dataclasses.replace(SCENARIOS["poison_task"], env={"MAX_WORKER_LOSSES": "1"})
+    outcome = await run_scenario(scenario, tmp_path, 2, seed=25, keep_logs=chaos_logs)
+    assert_recovered(outcome, 2)
+    assert outcome.failed == 1 and outcome.completed == outcome.tasks - 1
+
+
+async def test_postgres_table_locked_for_10_seconds(tmp_path: Path, chaos_logs: list[str]) -> None:
+    """Submissions wait or get 503 while the tasks table is locked; nothing is lost after."""
+    outcome = await run_scenario("postgres_table_lock", tmp_path, 1, seed=26, keep_logs=chaos_logs)
+    assert_recovered(outcome, 1)
+
+
+async def test_sqlite_disk_full(tmp_path: Path, chaos_logs: list[str]) -> None:
+    """503 (never 500) while the SQLite file's disk is full; nothing is lost after."""
+    scenario = available(SCENARIOS["sqlite_disk_full"])
+    outcome = await run_scenario(scenario, tmp_path, 1, seed=27, keep_logs=chaos_logs)
+    assert_recovered(outcome, 1)
+
+
+async def test_results_postgres_cannot_store_fail_clearly(
+    tmp_path: Path, chaos_logs: list[str]
+) -> None:
+    """A result with a NUL character, and one over the size cap: the task fails with a clear
+    error; the ordinary tasks reporting in the same exchanges complete."""
+    outcome = await run_scenario("postgres_bad_results", tmp_path, 2, seed=28, keep_logs=chaos_logs)
+    assert_recovered(outcome, 2)
+    assert outcome.failed == 2
 
 
 # --------------------------------------------------------------------------------------------

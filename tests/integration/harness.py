@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,9 @@ class Stack:
     redis_url: str
     env: dict[str, str] = field(default_factory=dict)
     api_port: int = 0
+    # Where the API listens; clients always use loopback. "0.0.0.0" lets processes in other
+    # network namespaces reach it (the chaos suite's partitions).
+    api_host: str = "127.0.0.1"
     procs: list[Proc] = field(default_factory=list)
     api: Proc | None = None
 
@@ -109,7 +112,7 @@ class Stack:
             "uvicorn",
             "app.main:app",
             "--host",
-            "127.0.0.1",
+            self.api_host,
             "--port",
             str(self.api_port),
             "--log-level",
@@ -130,9 +133,15 @@ class Stack:
             return False
 
     def start_worker(
-        self, worker_id: str, *options: str, env: dict[str, str] | None = None
+        self,
+        worker_id: str,
+        *options: str,
+        env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> Proc:
+        """`wrapper`: a command that runs the worker (e.g. `ip netns exec NAME`)."""
         args = [
+            *wrapper,
             sys.executable,
             "worker/worker_node.py",
             "--worker-id",

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.utils.embedded_servers import free_port
 from tests.conftest import seed_example
 from tests.integration.harness import FINAL, Stack, eventually, wait_for_status
 
@@ -154,3 +155,21 @@ async def test_sigterm_past_the_grace_period_hands_the_task_back_at_once(stack: 
 
 def test_final_statuses_are_the_documented_ones() -> None:
     assert {"completed", "failed", "cancelled"} == FINAL
+
+
+async def test_a_worker_given_several_api_addresses_fails_over(stack: Stack) -> None:
+    """`--api-url a,b`: the first address is dead (a replica that is down); the worker registers
+    and runs its tasks through the second."""
+    await stack.start_api()
+    dead = f"http://127.0.0.1:{free_port()}"
+    worker = stack.start_worker("worker-fo", "--api-url", f"{dead},{stack.api_url}")
+    await stack.wait_for_workers("worker-fo")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+        for i in range(5):
+            spec = {"task_id": f"fo-{i}", "task_type": "echo", "payload": {"i": i}}
+            assert (await http.post("/api/tasks", json=spec)).status_code == 201
+        for i in range(5):
+            await wait_for_status(http, f"fo-{i}", "completed")
+        done = [(await http.get(f"/api/tasks/fo-{i}")).json() for i in range(5)]
+    assert {t["worker_id"] for t in done} == {"worker-fo"}
+    assert "api.fail_over" in worker.tail(200)

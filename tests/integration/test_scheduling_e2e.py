@@ -84,7 +84,8 @@ async def test_cancelling_a_running_task_stops_it_on_the_worker(
         )
 
         await wait_for_status(http, "victim", "running")
-        assert (await http.post("/api/tasks/victim/cancel")).json()["status"] == "cancelled"
+        cancelled = await http.post("/api/tasks/victim/cancel", json={})
+        assert cancelled.json()["status"] == "cancelled"
         await eventually(
             lambda: _logged(worker.log.read_text(), "cancelled by request"),
             timeout=15,
