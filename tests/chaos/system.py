@@ -299,20 +299,15 @@ class SmallDisk:
         atexit.register(self.unmount)
 
     def fill(self) -> int:
-        """Write until the file system is full; returns the bytes written."""
+        """Write until the file system is full; returns the bytes written. Unbuffered: a
+        buffered file would raise ENOSPC again when it is closed."""
         written = 0
-        chunk = b"\0" * (64 * 1024)
-        with self.filler.open("ab") as handle:
-            try:
-                while True:
-                    written += handle.write(chunk)
-                    handle.flush()
-            except OSError:
-                pass
-        with contextlib.suppress(OSError):  # the last partial chunk, byte-wise to the very end
-            with self.filler.open("ab", buffering=0) as handle:
-                while handle.write(b"\0"):
-                    written += 1
+        with self.filler.open("ab", buffering=0) as handle:
+            for size in (1024 * 1024, 4096, 1):  # the last partial page too
+                chunk = b"\0" * size
+                with contextlib.suppress(OSError):
+                    while count := handle.write(chunk):
+                        written += count
         return written
 
     def free(self) -> None:
