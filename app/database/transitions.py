@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    Boolean,
+    Text,
+    any_,
     bindparam,
-    column,
     exists,
     func,
     literal,
@@ -25,6 +25,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -77,13 +78,21 @@ async def start(
     whose answer was lost and is asked again must not turn the worker's own attempt away."""
     if not task_ids:
         return []
-    if _dialect(conn) == "postgresql":
-        values = {"ids": list(task_ids), "worker_id": worker_id, "now": now}
-        rows = list(await conn.execute(START_PG, {**values, "lease_until": lease_until}))
-    else:
-        rows = await _start_portable(
-            conn, task_ids, worker_id=worker_id, now=now, lease_until=lease_until
+    rows = list(
+        await conn.execute(
+            update(tasks)
+            .where(_one_of(conn, task_ids), *_startable(now))
+            .values(
+                status=R,
+                attempt=tasks.c.attempt + 1,
+                worker_id=worker_id,
+                started_at=now,
+                updated_at=now,
+                lease_expires_at=lease_until,
+            )
+            .returning(*STARTED)
         )
+    )
     if len(rows) < len(task_ids):
         rows += await _already_running(conn, task_ids, {r.task_id for r in rows}, worker_id)
     return rows
@@ -101,55 +110,14 @@ TO_RUN = (
 )
 
 
-# PostgreSQL: the start of a whole claim batch in one constant statement (the ids travel as an
-# array, so it is prepared once). attempt + 1 is the fencing token of this run. No attempt row is
-# written here: the task row holds the running attempt, and its history row is written once, when
-# it ends (end_attempts), which saves a write per task on the hot path.
-START_PG = (
-    text(
-        """
-        UPDATE tasks SET status = 'running', attempt = attempt + 1, worker_id = :worker_id,
-            started_at = :now, updated_at = :now, lease_expires_at = :lease_until
-        WHERE task_id = ANY(CAST(:ids AS TEXT[]))
-            AND status = 'pending' AND remaining_dependencies = 0
-            AND (scheduled_at IS NULL OR scheduled_at <= :now)
-        RETURNING task_id, task_type, payload, attempt, timeout, correlation_id, created_at,
-            EXISTS (SELECT 1 FROM task_dependencies d WHERE d.task_id = tasks.task_id)
-                AS has_dependencies
-        """
-    )
-    .bindparams(
-        bindparam("now", type_=tasks.c.updated_at.type),
-        bindparam("lease_until", type_=tasks.c.updated_at.type),
-    )
-    .columns(*TO_RUN, column("has_dependencies", Boolean))
-)
-
-
-async def _start_portable(
-    conn: AsyncConnection,
-    task_ids: Sequence[str],
-    *,
-    worker_id: str,
-    now: datetime,
-    lease_until: datetime,
-) -> list[Row[Any]]:
-    """The same as START_PG, for SQLite (no arrays)."""
-    return list(
-        await conn.execute(
-            update(tasks)
-            .where(tasks.c.task_id.in_(task_ids), *_startable(now))
-            .values(
-                status=R,
-                attempt=tasks.c.attempt + 1,
-                worker_id=worker_id,
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=lease_until,
-            )
-            .returning(*STARTED)
-        )
-    )
+def _one_of(conn: AsyncConnection, task_ids: Sequence[str]) -> ColumnElement[bool]:
+    """task_id among `task_ids`. On PostgreSQL the ids travel as one array, so the statement's
+    text is the same for every batch size and is prepared once per connection (IN with a list
+    renders one parameter per id: a new statement for each size)."""
+    if _dialect(conn) == "postgresql":
+        ids = bindparam("ids", list(task_ids), type_=ARRAY(Text))
+        return tasks.c.task_id == any_(ids)
+    return tasks.c.task_id.in_(task_ids)
 
 
 def _startable(now: datetime) -> list[ColumnElement[bool]]:
@@ -329,10 +297,7 @@ async def _running_attempt(
     when the attempt is no longer the current one."""
     found = await conn.execute(
         select(
-            tasks.c.task_id,
-            tasks.c.attempt,
-            tasks.c.worker_id,
-            tasks.c.started_at,
+            *ATTEMPT_OF,
             tasks.c.max_retries,
             _count_ended(sorted(retry_policy.RETRYABLE)).label("errors"),
             _count_ended([AttemptOutcome.WORKER_LOST]).label("losses"),
