@@ -20,6 +20,7 @@ import pytest
 
 from app.services.message_queue import RedisQueue
 from tests.chaos.scenarios import (
+    API_CUT_BOUND,
     LEASE_BOUND,
     LEASE_SECONDS,
     SCENARIOS,
@@ -166,7 +167,7 @@ async def test_worker_cut_off_from_the_api_has_its_tasks_reassigned(
             env.start_worker("rescuer", "--capabilities", "sleep")
             await env.processes.wait_for_workers("rescuer")
             ns.cut(api=True, redis=False)
-            await eventually(lambda: on("rescuer"), timeout=LEASE_BOUND, what="t to move")
+            await eventually(lambda: on("rescuer"), timeout=API_CUT_BOUND, what="t to move")
         except BaseException:
             chaos_logs.append(env.logs())
             raise
