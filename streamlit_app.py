@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import ui
-from dashboard.api_client import api_url
+from dashboard.api_client import api_mismatch, api_url
 
 # (module in dashboard/views, title, Material icon, URL path). Material icons are drawn with a
 # font Streamlit ships, so they show in any browser; emoji need a system font many servers lack.
@@ -20,6 +20,7 @@ VIEWS = (
     ("workers", "Workers", "dns", "workers"),
     ("history", "Task history", "history", "history"),
     ("dag", "DAG", "account_tree", "dag"),
+    ("schedules", "Schedules", "event_repeat", "schedules"),
 )
 
 
@@ -37,5 +38,8 @@ st.set_page_config(page_title="Task scheduler", page_icon=":material/schedule:",
 current = st.navigation([page(*view) for view in VIEWS])
 with st.sidebar:
     ui.refresh_controls()
+    ui.time_zone_control()
     st.caption(f"API: `{api_url()}`")
+    if notice := api_mismatch():
+        st.warning(notice, icon=":material/warning:")
 current.run()

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
     # (unset: it waits for such a worker for ever).
     expire_unroutable_after: float | None = Field(default=None, gt=0)
 
+    # Per-task logs (docs/architecture.md): what a handler may write per attempt, in bytes
+    # (the rest is dropped, and a marker says how much; 0 captures nothing). A worker's default
+    # for --task-log-max-bytes.
+    task_log_max_bytes: int = Field(default=1024 * 1024, ge=0, le=256 * 1024 * 1024)
+    # Finished tasks (with their attempts, events and logs) are deleted this many days after
+    # they ended, by the leader; 0 keeps them for ever.
+    retention_days: float = Field(default=0.0, ge=0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

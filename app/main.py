@@ -25,7 +25,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import health, keys, queues, stats, tasks, workers
+from app.api import health, keys, logs, queues, stats, tasks, workers
+from app.api import schedules as schedules_api
 from app.api.errors import declare_errors, http_error, validation_error
 from app.api.limits import (
     ConfiguredCors,
@@ -39,6 +40,8 @@ from app.services.auth import KeyStore
 from app.services.message_queue import RedisQueue
 from app.services.recovery import Recovery
 from app.services.scheduler import Scheduler
+from app.services.schedules import ScheduleService
+from app.services.task_logs import Retention
 from app.services.worker_manager import WorkerManager
 from app.utils import monitoring
 from app.utils.logging_config import configure_logging
@@ -134,6 +137,7 @@ def build_services(app: FastAPI, settings: Settings) -> None:
     app.state.settings, app.state.db, app.state.queue = settings, db, queue
     app.state.scheduler, app.state.workers = scheduler, worker_manager
     app.state.recovery = Recovery(settings, db, queue, scheduler, worker_manager)
+    app.state.schedules = ScheduleService(settings, db, scheduler)
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     app.state.rate_limiter = RateLimiter(redis, settings)
     app.state.keys = KeyStore(db, cache_seconds=settings.api_key_cache_seconds, admin_key=admin_key)
@@ -146,6 +150,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     build_services(app, settings)
     await app.state.db.migrate()
     recovery: Recovery = app.state.recovery
+    # Periodic schedules fire from the leader's tick only (docs/schedules.md).
+    recovery.leader_steps.append(app.state.schedules.fire_due)
+    if settings.retention_days > 0:  # docs/architecture.md, "Retention"
+        clock = app.state.scheduler.clock
+        retention = Retention(app.state.db, days=settings.retention_days, clock=clock)
+        recovery.leader_steps.append(retention.step)
     try:
         await recovery.on_startup()
     except Exception as exc:  # Redis may be down at start; the maintenance loop catches up
@@ -189,20 +199,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings_override = settings
-    # Outermost last: CORS (answers preflights), correlation id, then the limits.
+    # Outermost last: the error counter, CORS (answers preflights), correlation id, then the
+    # limits.
     app.add_middleware(LimitsMiddleware)
     app.add_middleware(CorrelationIdMiddleware)
     app.add_middleware(ConfiguredCors)
+    app.add_middleware(monitoring.ErrorResponseCounter)
     for exc_type in (DBAPIError, OSError, TimeoutError):
         app.add_exception_handler(exc_type, _storage_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(tasks.router)
+    app.include_router(logs.router)
     app.include_router(workers.router)
     app.include_router(queues.router)
     app.include_router(stats.router)
     app.include_router(health.router)
     app.include_router(keys.router)
+    app.include_router(schedules_api.router)
     document_errors(app)
     return app
 
@@ -241,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "port": args.port or settings.api_port,
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": settings.limit_concurrency,
+        # uvicorn's own lines (start-up, access log) follow LOG_LEVEL like ours.
+        "log_level": "debug" if settings.debug else settings.log_level.lower(),
     }
     if workers > 1:
         # The processes import the app by name and read Settings from the environment: --host

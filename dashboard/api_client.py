@@ -1,15 +1,19 @@
 """The dashboard's only way to the scheduler: its HTTP API (URL from the API_URL variable, key from
 API_KEY: a key with the read scope, plus submit and operate for the actions; docs/security.md).
+Both come from the environment or, like every setting of the stack, from `.env`.
 
 Every failure becomes an ApiError with a sentence an operator can act on; views show it and never
 a stack trace. Endpoints that an older API lacks answer NotSupported, so a view can degrade."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.config import is_loopback
 
 DEFAULT_API_URL = "http://localhost:8000"
 # Connecting fails fast (a down API must not freeze the page); reading may take a while for the
@@ -17,12 +21,48 @@ DEFAULT_API_URL = "http://localhost:8000"
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
+class DashboardSettings(BaseSettings):
+    """What the dashboard reads from the environment and `.env` (the environment wins), the
+    same file as the API's Settings: without it a dashboard started next to a stack whose .env
+    moved the API elsewhere silently showed another API's data."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    api_url: str = DEFAULT_API_URL
+    api_key: str | None = None
+    # This stack's API port (the API's own setting): a local API_URL elsewhere is worth a word.
+    api_port: int | None = None
+
+
+def settings() -> DashboardSettings:
+    """Read on every call (a small file): a changed .env or environment shows on the next
+    rerun, and tests may point the dashboard elsewhere between runs."""
+    return DashboardSettings()
+
+
 def api_url() -> str:
-    return os.environ.get("API_URL", DEFAULT_API_URL).rstrip("/")
+    return settings().api_url.rstrip("/")
 
 
 def api_key() -> str | None:
-    return os.environ.get("API_KEY") or None
+    return settings().api_key or None
+
+
+def api_mismatch() -> str | None:
+    """A sentence when API_URL names a local API on another port than this stack's API_PORT:
+    the dashboard then shows another stack's data."""
+    found = settings()
+    if found.api_port is None:
+        return None
+    url = urlsplit(found.api_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    if not is_loopback(url.hostname or "") or port == found.api_port:
+        return None
+    return (
+        f"This dashboard reads the API at {found.api_url.rstrip('/')}, but this stack's API "
+        f"listens on port {found.api_port} (API_PORT): the data shown is another API's. "
+        f"Set API_URL (in .env or the environment) to point at this stack's API."
+    )
 
 
 class ApiError(Exception):
@@ -155,6 +195,13 @@ class ApiClient:
     def graph(self, task_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/tasks/{task_id}/graph")
 
+    def task_logs(
+        self, task_id: str, *, attempt: int | None = None, after: int | None = None
+    ) -> dict[str, Any]:
+        """One page of a task's log lines (GET /api/tasks/{id}/logs): `lines`, `next_after`."""
+        params = {k: v for k, v in {"attempt": attempt, "after": after}.items() if v is not None}
+        return self._call("GET", f"/api/tasks/{task_id}/logs", params=params)
+
     # --- actions -------------------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -173,3 +220,32 @@ class ApiClient:
 
     def retry(self, task_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/tasks/{task_id}/retry", json={})
+
+    # --- schedules (docs/schedules.md) -----------------------------------------------------------
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, each with its next fire and its latest few fires."""
+        found: list[dict[str, Any]] = self._call("GET", "/api/schedules")["schedules"]
+        return found
+
+    def schedule(self, schedule_id: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", f"/api/schedules/{schedule_id}")
+        except NotFound:
+            return None
+
+    def create_schedule(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/api/schedules", json=spec)
+
+    def update_schedule(self, schedule_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PATCH", f"/api/schedules/{schedule_id}", json=changes)
+
+    def trigger_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/schedules/{schedule_id}/trigger", json={})
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        # No body to answer (204), and the JSON content type the API wants without a key.
+        headers = {"Content-Type": "application/json"}
+        response = self._send("DELETE", f"/api/schedules/{schedule_id}", headers=headers)
+        if response.is_error:
+            raise _error_for(response)

@@ -10,19 +10,24 @@ import pandas as pd
 import streamlit as st
 from pandas.io.formats.style import Styler
 
-from dashboard.formatting import STATUS_COLORS, duration, parse_time, seconds_since
+from dashboard.formatting import STATUS_COLORS, Zone, duration, seconds_since, timestamp, zone_name
 
 TASK_FIELDS = [
     "ID", "Type", "Status", "Priority", "Worker", "Attempt", "Created", "Queue wait", "Run time",
     "Error", "Result",
 ]  # fmt: skip
-TASK_COLUMNS = {
-    "ID": st.column_config.TextColumn("ID", pinned=True),
-    "Created": st.column_config.DatetimeColumn("Created", format="YYYY-MM-DD HH:mm:ss"),
-}
+CURRENT_TASKS_SHOWN = 3  # ids in a worker's row; the rest as "+N"
 
 
-def tasks_frame(tasks: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def task_columns(zone: Zone) -> dict[str, Any]:
+    """The header names the zone once, so the cells hold just the time (the one format)."""
+    return {
+        "ID": st.column_config.TextColumn("ID", pinned=True),
+        "Created": st.column_config.TextColumn(f"Created ({zone_name(zone)})"),
+    }
+
+
+def tasks_frame(tasks: Sequence[dict[str, Any]], zone: Zone) -> pd.DataFrame:
     """Task summaries (GET /api/stats/tasks) as rows a person scans."""
     rows = [
         {
@@ -32,7 +37,7 @@ def tasks_frame(tasks: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "Priority": t["priority"],
             "Worker": t["worker_id"] or "",
             "Attempt": t["attempt"],
-            "Created": parse_time(t["created_at"]),
+            "Created": timestamp(t["created_at"], zone, suffix=False),
             "Queue wait": duration(t["queue_wait"]),
             "Run time": duration(t["run_time"]),
             "Error": t["error"] or "",
@@ -64,7 +69,15 @@ def styled_workers(frame: pd.DataFrame) -> Styler:
     return frame.style.map(_state_style, subset=["State"])
 
 
+def current_tasks(task_ids: Sequence[str]) -> str:
+    """The first few ids and how many more: a row stays one line wide however busy."""
+    shown = ", ".join(task_ids[:CURRENT_TASKS_SHOWN])
+    more = len(task_ids) - CURRENT_TASKS_SHOWN
+    return f"{shown} +{more}" if more > 0 else shown
+
+
 def workers_frame(workers: Sequence[dict[str, Any]], offline_after: float) -> pd.DataFrame:
+    """A worker per row, in the columns of WORKER_FIELDS."""
     now = datetime.now(UTC)
     rows = []
     for w in workers:
@@ -74,18 +87,17 @@ def workers_frame(workers: Sequence[dict[str, Any]], offline_after: float) -> pd
             {
                 "Worker": w["worker_id"],
                 "State": worker_state(w["status"], age, offline_after),
-                "Capabilities": ", ".join(w["capabilities"]),
+                "Heartbeat": f"{duration(age)} ago",
                 "Slots": f"{len(w['current_tasks'])} / {w['max_concurrent_tasks']}",
-                "Load": len(w["current_tasks"]) / max(1, w["max_concurrent_tasks"]),
+                "Current tasks": current_tasks(w["current_tasks"]),
                 "CPU %": info.get("cpu_usage"),
                 "Memory %": info.get("memory_usage"),
                 "Disk %": info.get("disk_usage"),
-                "Current tasks": ", ".join(w["current_tasks"]),
-                "Last heartbeat": f"{duration(age)} ago",
+                "Capabilities": ", ".join(w["capabilities"]),
                 "Host": w.get("hostname") or "",
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=WORKER_FIELDS)
 
 
 def worker_state(status: str, age: float, offline_after: float) -> str:
@@ -98,12 +110,28 @@ def worker_state(status: str, age: float, offline_after: float) -> str:
 
 
 def _percent(label: str) -> Any:
-    return st.column_config.ProgressColumn(label, format="%.0f", min_value=0, max_value=100)
+    return st.column_config.ProgressColumn(
+        label, format="%.0f", min_value=0, max_value=100, width="small"
+    )
 
 
+WORKER_FIELDS = [
+    "Worker", "State", "Heartbeat", "Slots", "Current tasks", "CPU %", "Memory %", "Disk %",
+    "Capabilities", "Host",
+]  # fmt: skip
+# What an operator scans for, fitting 1280 px without a scroll; the capabilities and the host
+# (long, and rarely what one acts on) are in WORKER_DETAIL_ORDER, a table of their own.
+WORKER_ORDER = (
+    "Worker", "State", "Heartbeat", "Slots", "Current tasks", "CPU %", "Memory %", "Disk %",
+)  # fmt: skip
+WORKER_DETAIL_ORDER = ("Worker", "Host", "Capabilities")
 WORKER_COLUMNS = {
-    "Load": st.column_config.ProgressColumn("Load", format="percent", min_value=0, max_value=1),
+    "Worker": st.column_config.TextColumn("Worker", pinned=True),
+    "State": st.column_config.TextColumn("State", width="small"),
+    "Heartbeat": st.column_config.TextColumn("Heartbeat", width="small"),
+    "Slots": st.column_config.TextColumn("Slots", width="small"),
     "CPU %": _percent("CPU %"),
-    "Memory %": _percent("Memory %"),
+    "Memory %": _percent("Mem %"),
     "Disk %": _percent("Disk %"),
+    "Current tasks": st.column_config.TextColumn("Current tasks", width="medium"),
 }

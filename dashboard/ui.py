@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import streamlit as st
 
 from dashboard.api_client import ApiClient, ApiError, ApiUnavailable, NotSupported, api_url
-from dashboard.formatting import known_types
+from dashboard.formatting import ZONES, Zone, clock, default_zone, known_types, zone_name
 
 T = TypeVar("T")
 
@@ -149,7 +149,40 @@ def live(body: Callable[[], None]) -> None:
 
 def updated_caption() -> None:
     paused = " (paused)" if st.session_state.get("paused") else ""
-    st.caption(f"Updated {datetime.now().strftime('%H:%M:%S')}{paused} · API {api_url()}")
+    now = clock(datetime.now(UTC), zone())
+    st.caption(f"Updated {now} {zone_name(zone())}{paused} · API {api_url()}")
+
+
+def color_legend(colors: dict[str, str]) -> None:
+    """A legend in the exact colours the charts and the graph use (a Markdown badge has only
+    Streamlit's few named colours, which differ)."""
+    swatches = " ".join(
+        f'<span style="white-space:nowrap;margin-right:0.8em"><span style="display:inline-block;'
+        f'width:0.8em;height:0.8em;border-radius:2px;background:{color};margin-right:0.3em">'
+        f"</span>{name}</span>"
+        for name, color in colors.items()
+    )
+    st.markdown(f'<div style="font-size:0.875rem">{swatches}</div>', unsafe_allow_html=True)
+
+
+# --- time zone ----------------------------------------------------------------------------------
+
+
+def zone() -> Zone:
+    """The zone every time on every page is shown in (the sidebar's choice)."""
+    chosen = st.session_state.get("time_zone")
+    return chosen if chosen in ZONES else default_zone()
+
+
+def time_zone_control() -> None:
+    st.segmented_control(
+        "Times in",
+        ZONES,
+        default=default_zone(),
+        key="time_zone",
+        format_func=lambda z: "UTC" if z == "UTC" else f"local ({zone_name(z)})",
+        help="Every time on every page; the default comes from DASHBOARD_TIMEZONE (UTC|local).",
+    )
 
 
 # --- navigation -------------------------------------------------------------------------------

@@ -36,13 +36,17 @@ fi
 
 ensure_requirements() {
     local stamp="$VENV/.requirements.sha256" want
-    # Hash with Python itself: sha256sum/shasum differ between Linux and macOS.
-    want="$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' "$@")"
+    # Hash with Python itself: sha256sum/shasum differ between Linux and macOS. pyproject.toml
+    # is in the hash because the project itself is installed too (below).
+    want="$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest())' "$@" pyproject.toml)"
     if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
         log "installing $* (first run or requirements changed)"
         local args=()
         for f in "$@"; do args+=(-r "$f"); done
         "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${args[@]}"
+        # The project in editable mode, for the `dts` command (dts_client); its dependencies are
+        # the requirements just installed.
+        "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps -e .
         echo "$want" >"$stamp"  # only after a successful install
     fi
 }

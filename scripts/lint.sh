@@ -27,5 +27,5 @@ audit_pinned_requirements() {
 
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
-"$VENV/bin/mypy" app worker tests scripts dashboard streamlit_app.py bench
+"$VENV/bin/mypy" app worker dts_client examples tests scripts dashboard streamlit_app.py bench
 audit_pinned_requirements

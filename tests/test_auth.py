@@ -94,6 +94,7 @@ MATRIX = [
     Route("GET", "/api/tasks", Scope.READ),
     Route("GET", "/api/tasks/{task_id}", Scope.READ),
     Route("GET", "/api/tasks/{task_id}/graph", Scope.READ),
+    Route("GET", "/api/tasks/{task_id}/logs", Scope.READ),
     Route("POST", "/api/tasks/{task_id}/cancel", Scope.OPERATE, {}),
     Route("POST", "/api/tasks/{task_id}/retry", Scope.OPERATE, {}),
     Route("GET", "/api/queues", Scope.READ),
@@ -117,6 +118,18 @@ MATRIX = [
     Route("POST", "/api/keys", Scope.ADMIN, {"name": "another", "scopes": ["read"]}, 201),
     Route("GET", "/api/keys", Scope.ADMIN),
     Route("DELETE", "/api/keys/{key_id}", Scope.ADMIN, None, 204),
+    Route(
+        "POST",
+        "/api/schedules",
+        Scope.SUBMIT,
+        {"schedule_id": "m-s", "interval_seconds": 3600, "task": {"task_type": "echo"}},
+        201,
+    ),
+    Route("GET", "/api/schedules", Scope.READ),
+    Route("GET", "/api/schedules/{schedule_id}", Scope.READ),
+    Route("PATCH", "/api/schedules/{schedule_id}", Scope.SUBMIT, {"enabled": False}),
+    Route("POST", "/api/schedules/{schedule_id}/trigger", Scope.SUBMIT, {}, 201),
+    Route("DELETE", "/api/schedules/{schedule_id}", Scope.OPERATE, None, 204),
 ]
 
 
@@ -149,7 +162,7 @@ async def test_scope_matrix_401_403_and_2xx(secured: httpx.AsyncClient) -> None:
         "/api/tasks", json=seed_example(task_id="m-1"), headers=bearer(ADMIN)
     )
     assert submitted.status_code == 201
-    ids = {"task_id": "m-1", "worker_id": "w-1", "key_id": doomed["key_id"]}
+    ids = {"task_id": "m-1", "worker_id": "w-1", "key_id": doomed["key_id"], "schedule_id": "m-s"}
     wrong: list[str] = []
     for route in MATRIX:
         outcomes = {

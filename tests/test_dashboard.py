@@ -213,7 +213,7 @@ def test_task_detail_shows_fields_payload_result_attempts_and_relations(
     attempts = next(t for t in tables if "outcome" in t.columns)
     assert list(attempts["outcome"]) == ["completed"]
     assert any(link.proto.label == child for link in at.get("page_link"))
-    assert at.button(key="cancel").disabled  # a completed task cannot be cancelled
+    assert at.button(key="task_cancel").disabled  # a completed task cannot be cancelled
 
     at = dashboard("detail", task_id="no-such-task")
     assert "No task has the id" in texts(at.warning)
@@ -222,10 +222,18 @@ def test_task_detail_shows_fields_payload_result_attempts_and_relations(
 def test_task_detail_cancel_and_retry(api: httpx.Client) -> None:
     task_id = submit(api, task_type=unique("cancel"))["task_id"]
     at = dashboard("detail", task_id=task_id)
-    at.button(key="cancel").click().run()
+    # Nothing happens without the tick: the buttons are disabled until it is given.
+    assert at.button(key="task_cancel").disabled and at.button(key="task_retry").disabled
+    assert at.checkbox(key="task_confirm").label == f"Yes, cancel '{task_id}'"
+    at.checkbox(key="task_confirm").check().run()
+    at.button(key="task_cancel").click().run()
     assert "the task is now cancelled" in texts(at.success)
     assert api.get(f"/api/tasks/{task_id}").json()["status"] == "cancelled"
-    at.button(key="retry").click().run()
+    # The tick is spent: retrying asks again.
+    assert not at.checkbox(key="task_confirm").value
+    assert at.button(key="task_retry").disabled
+    at.checkbox(key="task_confirm").check().run()
+    at.button(key="task_retry").click().run()
     assert "the task is now pending" in texts(at.success)
 
 
@@ -295,8 +303,10 @@ def test_history_lists_finished_tasks_with_durations(
     assert table.loc[ok, "Status"] == "completed" and '"n"' in table.loc[ok, "Result"]
     assert table.loc[bad, "Status"] == "failed" and table.loc[bad, "Error"] == "broken input"
     assert table.loc[ok, "Run time"] != "—"
-    histogram = at.get("vega_lite_chart")[0]
-    assert kind in str(histogram.proto.datasets) or kind in histogram.proto.spec
+    # One histogram, of this type only (the filter), on its own axis in the unit that suits it.
+    assert f"**{kind}** (2)" in [m.value for m in at.markdown]
+    (histogram,) = at.get("vega_lite_chart")
+    assert "run time (ms" in histogram.proto.spec or "run time (s" in histogram.proto.spec
 
 
 def test_dag_page_draws_the_dependency_graph(api: httpx.Client) -> None:
@@ -436,3 +446,19 @@ def test_resource_history_keeps_one_row_per_heartbeat() -> None:
     ]
     remember_heartbeats(history, [beat | {"last_heartbeat": "2024-01-01T00:00:05Z"}])
     assert len(history) == 4
+
+
+def test_task_queue_cancels_the_selected_task_after_confirmation(api: httpx.Client) -> None:
+    kind = unique("qcancel")
+    task_id = submit(api, task_type=kind)["task_id"]
+    at = dashboard("queue")
+    at.selectbox(key="queue_type").set_value(kind).run()
+    # What a click on the row sends (AppTest has no row clicks): the selection state.
+    at.session_state["queue_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    assert at.checkbox(key="queue_confirm").label == f"Yes, cancel '{task_id}'"
+    assert at.button(key="queue_cancel").disabled
+    at.checkbox(key="queue_confirm").check().run()
+    at.button(key="queue_cancel").click().run()
+    assert f"Cancel `{task_id}`: the task is now cancelled" in texts(at.success)
+    assert api.get(f"/api/tasks/{task_id}").json()["status"] == "cancelled"

@@ -7,9 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from app.database import repositories as repo
 from app.database import transitions
 from app.models.task import AttemptOutcome, TaskCreate, TaskPublic, TaskReport
+from app.services import scheduler as scheduler_module
 from app.services.message_queue import lease_token
 from tests.conftest import Services
 
@@ -170,3 +173,34 @@ async def test_a_start_whose_lease_and_answer_were_lost_lapses_after_one_lease(
     task = await get(services, "t1")
     assert (task.status, [a.outcome for a in task.attempts or []]) == ("pending", ["worker_lost"])
     assert await claim_and_start(services, "w2") == {"t1": 2}
+
+
+class Recorder:
+    """Stands in for a module's structlog logger: what was logged, at which level (structlog's
+    own configuration, cached loggers and level, differs with the tests that ran before)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, str | None]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def record(event: str, **fields: Any) -> None:
+            self.lines.append((event, level, fields.get("task_id")))
+
+        return record
+
+
+async def test_a_worker_confirming_a_cancel_is_not_a_stale_report(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await submit(services, "c1", "s1")
+    assert await claim_and_start(services, "w1") == {"c1": 1, "s1": 1}
+    await services.scheduler.cancel("c1")
+    await services.scheduler.report("w1", [done("s1", 1)])
+    confirm = TaskReport(task_id="c1", attempt=1, outcome=AttemptOutcome.CANCELLED, error="stop")
+    recorder = Recorder()
+    monkeypatch.setattr(scheduler_module, "log", recorder)
+    answer = await services.scheduler.exchange("w1", [confirm, done("s1", 1)], [])
+    assert sorted(answer.refused_reports) == ["c1", "s1"]
+    assert ("report.after_cancel", "info", "c1") in recorder.lines
+    assert ("report.stale", "warning", "s1") in recorder.lines  # a duplicate is a warning
+    assert ("report.stale", "warning", "c1") not in recorder.lines

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import structlog
 
+from app.models.logs import ShippedLine
 from app.models.task import TaskReport
 from app.models.worker import (
     ExchangeResponse,
@@ -112,11 +113,20 @@ class SchedulerClient:
         response.raise_for_status()
 
     async def exchange(
-        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+        self,
+        worker_id: str,
+        reports: Sequence[TaskReport],
+        claims: Sequence[str],
+        logs: Sequence[ShippedLine] = (),
     ) -> ExchangeResponse:
         """One try with a short second chance: the worker keeps its reports and backs off itself
         when the API stays unavailable, handing its claims back meanwhile."""
-        body = {"reports": [r.model_dump(mode="json") for r in reports], "claims": list(claims)}
+        body: dict[str, Any] = {
+            "reports": [r.model_dump(mode="json") for r in reports],
+            "claims": list(claims),
+        }
+        if logs:  # absent, not empty, when there are none: the common request stays as it was
+            body["logs"] = [line.model_dump(mode="json") for line in logs]
         response = await self._post(f"/api/workers/{worker_id}/exchange", body, attempts=2)
         response.raise_for_status()
         return ExchangeResponse.model_validate_json(response.content)

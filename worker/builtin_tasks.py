@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import statistics
+import sys
+import time
 from typing import Any
 
 from worker.task_executor import TaskFailure, task
@@ -88,3 +91,43 @@ def cpu(payload: dict[str, Any]) -> dict[str, Any]:
     for _ in range(iterations):
         digest = hashlib.sha256(digest).digest()
     return {"iterations": iterations, "digest": digest.hex()}
+
+
+@task("log_lines")
+async def log_lines(payload: dict[str, Any]) -> dict[str, Any]:
+    """Write to the task's log (docs/architecture.md, "Per-task logs"): `parameters.lines`
+    numbered lines to stdout, each also logged at INFO, `parameters.interval` seconds apart,
+    then one line to stderr and one WARNING. Shows, and tests, log capture and following."""
+    lines, interval = _log_plan(payload)
+    for number in range(lines):
+        if number and interval:
+            await asyncio.sleep(interval)
+        _log_line(number)
+    return _log_end(lines)
+
+
+@task("log_lines_process", mode="process")
+def log_lines_process(payload: dict[str, Any]) -> dict[str, Any]:
+    """log_lines, run in the worker's process pool."""
+    lines, interval = _log_plan(payload)
+    for number in range(lines):
+        if number and interval:
+            time.sleep(interval)
+        _log_line(number)
+    return _log_end(lines)
+
+
+def _log_plan(payload: dict[str, Any]) -> tuple[int, float]:
+    params = _parameters(payload)
+    return int(params.get("lines", 3)), float(params.get("interval", 0))
+
+
+def _log_line(number: int) -> None:
+    print(f"line {number}", flush=True)
+    logging.getLogger("dts.log_lines").info("logged %d", number)
+
+
+def _log_end(lines: int) -> dict[str, Any]:
+    print("to stderr", file=sys.stderr)
+    logging.getLogger("dts.log_lines").warning("done after %d lines", lines)
+    return {"lines": lines}

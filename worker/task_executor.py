@@ -9,18 +9,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
 import multiprocessing
 import os
 import signal
+import traceback
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 import structlog
 
+from app.models.logs import LogStream
 from app.models.task import AttemptOutcome, TaskReport, TaskToRun
+from worker import log_capture
+from worker.log_capture import AttemptLog, LogBook, RawLine
 
 log = structlog.get_logger(__name__)
 
@@ -99,17 +105,60 @@ def _submit_with_stop_signals_blocked(
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _start_child(log_level: int) -> None:
+    """Initializer of the pool's processes: stop signals ignored, output captured per call."""
+    _ignore_stop_signals()
+    log_capture.install(log_level)
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """What a process handler's call returns: its result or exception, and what it wrote."""
+
+    result: Any
+    error: BaseException | None
+    lines: list[RawLine]
+    dropped: int
+
+
 def _call_in_process(
-    func: Handler, wants_context: bool, payload: dict[str, Any], context: TaskContext
-) -> Any:
-    return func(payload, context) if wants_context else func(payload)
+    func: Handler,
+    wants_context: bool,
+    payload: dict[str, Any],
+    context: TaskContext,
+    log_max_bytes: int,
+) -> ChildOutcome:
+    """Runs in the child. A child runs one call at a time, so its attempt's log is the only one
+    current in it; the lines come back with the result, or with the exception."""
+    log = AttemptLog(context.task_id, context.attempt, log_max_bytes) if log_max_bytes else None
+    token = log_capture.current.set(log)
+    try:
+        result = func(payload, context) if wants_context else func(payload)
+    except Exception as exc:
+        _log_failure(log, exc)
+        return _child_outcome(None, exc, log)
+    finally:
+        log_capture.current.reset(token)
+    return _child_outcome(result, None, log)
+
+
+def _child_outcome(
+    result: Any, error: BaseException | None, log: AttemptLog | None
+) -> ChildOutcome:
+    if log is None:
+        return ChildOutcome(result, error, [], 0)
+    return ChildOutcome(result, error, log.raw_lines(), log.dropped)
 
 
 class TaskExecutor:
-    def __init__(self, *, pool_size: int) -> None:
+    def __init__(self, *, pool_size: int, logbook: LogBook | None = None) -> None:
+        """`logbook`: where attempts' output is captured (None, or a zero bound: not at all)."""
         self.threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=pool_size, thread_name_prefix="task"
         )
+        self.logbook = logbook if logbook is not None and logbook.enabled else None
+        if self.logbook is not None:
+            log_capture.install()
         self._process_size = max(1, min(pool_size, os.cpu_count() or 1))
         self._processes: concurrent.futures.ProcessPoolExecutor | None = None
 
@@ -122,7 +171,10 @@ class TaskExecutor:
             # spawn, not fork: forking a process that runs threads and an event loop can deadlock.
             context = multiprocessing.get_context("spawn")
             self._processes = concurrent.futures.ProcessPoolExecutor(
-                self._process_size, mp_context=context, initializer=_ignore_stop_signals
+                self._process_size,
+                mp_context=context,
+                initializer=_start_child,
+                initargs=(logging.getLogger().getEffectiveLevel(),),
             )
         return self._processes
 
@@ -134,10 +186,28 @@ class TaskExecutor:
                 job, AttemptOutcome.ERROR, error=f"no handler for task type '{job.task_type}'"
             )
         context = TaskContext(job.task_id, job.attempt, job.correlation_id, job.dependency_results)
+        logbook = self.logbook
+        if logbook is None:
+            return await self._attempt(job, registration, context, None)
+        log = logbook.open(job.task_id, job.attempt)
+        token = log_capture.current.set(log)
+        try:
+            return await self._attempt(job, registration, context, log)
+        finally:
+            log_capture.current.reset(token)
+            logbook.close(log)
+
+    async def _attempt(
+        self,
+        job: TaskToRun,
+        registration: Registration,
+        context: TaskContext,
+        log: AttemptLog | None,
+    ) -> TaskReport:
         try:
             # asyncio.timeout, not wait_for: no extra task per attempt on the hot path.
             async with asyncio.timeout(job.timeout):
-                result = await self._dispatch(registration, job.payload, context)
+                result = await self._dispatch(registration, job.payload, context, log)
         except TimeoutError:
             self._after_timeout(registration)
             return _report(job, AttemptOutcome.TIMEOUT, error=f"timed out after {job.timeout}s")
@@ -149,6 +219,8 @@ class TaskExecutor:
                 job, AttemptOutcome.ERROR, error="worker process died while running the task"
             )
         except Exception as exc:  # a handler's failure is data for the report, not a crash
+            if registration.mode != "process":  # the child logged it, where its frames were
+                _log_failure(log, exc)
             return _report(job, AttemptOutcome.ERROR, error=f"{type(exc).__name__}: {exc}")
         try:
             encoded = orjson.loads(orjson.dumps(result))
@@ -159,13 +231,20 @@ class TaskExecutor:
         return _report(job, AttemptOutcome.COMPLETED, result=encoded)
 
     async def _dispatch(
-        self, registration: Registration, payload: dict[str, Any], context: TaskContext
+        self,
+        registration: Registration,
+        payload: dict[str, Any],
+        context: TaskContext,
+        log: AttemptLog | None,
     ) -> Any:
         if registration.mode == "async":
             return await _call(registration, payload, context)
         loop = asyncio.get_running_loop()
         if registration.mode == "thread":
-            return await loop.run_in_executor(self.threads, _call, registration, payload, context)
+            # run_in_executor does not carry the context over: the thread sets the log itself.
+            return await loop.run_in_executor(
+                self.threads, log_capture.run_captured, log, _call, registration, payload, context
+            )
         future = _submit_with_stop_signals_blocked(
             self._process_pool(),
             _call_in_process,
@@ -173,8 +252,14 @@ class TaskExecutor:
             registration.wants_context,
             payload,
             context,
+            0 if log is None else log.max_bytes,
         )
-        return await asyncio.wrap_future(future)
+        outcome: ChildOutcome = await asyncio.wrap_future(future)
+        if log is not None:
+            log.absorb(outcome.lines, outcome.dropped)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
 
     def _after_timeout(self, registration: Registration) -> None:
         """A process handler that overran is killed for real: the pool is torn down and rebuilt
@@ -204,6 +289,14 @@ class TaskExecutor:
     def shutdown(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
         self._kill_process_pool()
+
+
+def _log_failure(log: AttemptLog | None, exc: Exception) -> None:
+    """An unexpected exception's traceback goes to the attempt's log (the report keeps only its
+    last line). A TaskFailure is the handler's own word and needs none."""
+    if log is not None and not isinstance(exc, TaskFailure):
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        log.add("ERROR", LogStream.LOG, text, datetime.now(UTC))
 
 
 def _report(

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from app.config import Settings
 from app.database.connection import Database
+from app.models.logs import ShippedLine
 from app.models.task import TaskReport
 from app.models.worker import ExchangeResponse, RegisterResponse
 from app.services.message_queue import RedisQueue
@@ -45,8 +46,14 @@ OUTAGE_STATUSES = frozenset({502, 503, 504})
 
 class Transport(Protocol):
     async def exchange(
-        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
-    ) -> ExchangeResponse: ...
+        self,
+        worker_id: str,
+        reports: Sequence[TaskReport],
+        claims: Sequence[str],
+        logs: Sequence[ShippedLine] = (),
+    ) -> ExchangeResponse:
+        """`logs`: handlers' output, stored apart from the reports (never at their cost)."""
+        ...
 
     async def probe(self) -> None:
         """Prove the scheduler is reachable (raises Unavailable): a worker that cannot reach it
@@ -61,10 +68,14 @@ class HttpTransport:
         self.api = api
 
     async def exchange(
-        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+        self,
+        worker_id: str,
+        reports: Sequence[TaskReport],
+        claims: Sequence[str],
+        logs: Sequence[ShippedLine] = (),
     ) -> ExchangeResponse:
         try:
-            return await self.api.exchange(worker_id, reports, claims)
+            return await self.api.exchange(worker_id, reports, claims, logs)
         except ServerError as exc:
             if exc.status_code is None or exc.status_code in OUTAGE_STATUSES:
                 raise Unavailable(str(exc)) from exc
@@ -142,11 +153,15 @@ class LocalTransport:
         return cls(Scheduler(settings, db, queue, clock=clock.now), clock)
 
     async def exchange(
-        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+        self,
+        worker_id: str,
+        reports: Sequence[TaskReport],
+        claims: Sequence[str],
+        logs: Sequence[ShippedLine] = (),
     ) -> ExchangeResponse:
         try:
             await self.clock.sync()
-            return await self.scheduler.exchange(worker_id, reports, claims)
+            return await self.scheduler.exchange(worker_id, reports, claims, logs)
         except (OperationalError, InterfaceError, DBAPIError, OSError, RedisError) as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
 

@@ -28,17 +28,20 @@ from typing import Any
 import httpx
 import orjson
 import structlog
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.config import get_settings
+from app.models.logs import ShippedLine
 from app.models.task import AttemptOutcome, TaskReport, TaskToRun
 from app.models.worker import RegisterResponse, WorkerHeartbeat, WorkerRegister, WorkerStatus
 from app.services.message_queue import Claim, Lease, RedisQueue, claim_token, lease_token
 from app.utils.logging_config import configure_logging
-from worker import builtin_tasks
+from worker import builtin_tasks, metrics
 from worker.api_client import SchedulerClient, WorkerUnknown
 from worker.health_monitor import CpuSampler, LeaseKeeper, claim_budget, system_info
+from worker.log_capture import LogBook
 from worker.task_executor import TaskExecutor
 from worker.transport import HttpTransport, LocalTransport, Rejected, Transport, Unavailable
 
@@ -64,6 +67,9 @@ class WorkerOptions:
     task_modules: list[str] = field(default_factory=list)
     database_url: str | None = None
     api_key: str | None = None
+    task_log_max_bytes: int = 1024 * 1024
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 class WorkerNode:
@@ -71,9 +77,12 @@ class WorkerNode:
         self.options = options
         self.worker_id = options.worker_id
         self.api = SchedulerClient(options.api_url, api_key=options.api_key)
+        # What handlers print and log, per attempt, shipped with the exchanges.
+        self.logbook = LogBook(options.task_log_max_bytes)
         # More threads than slots: an abandoned (timed-out) sync handler must not starve the rest.
         self.executor = TaskExecutor(
-            pool_size=max(options.pool_size, 2 * options.max_concurrent_tasks)
+            pool_size=max(options.pool_size, 2 * options.max_concurrent_tasks),
+            logbook=self.logbook,
         )
         self.capabilities = options.capabilities or self.executor.task_types
         self.running: dict[str, tuple[TaskToRun, asyncio.Task[None]]] = {}
@@ -170,6 +179,14 @@ class WorkerNode:
             cpu=self.cpu,
         )
         self.lease_keeper.start()
+        if self.options.metrics_port is not None:
+            metrics.serve(
+                self.options.metrics_port,
+                self.options.metrics_host,
+                slots=self.options.max_concurrent_tasks,
+                used=lambda: len(self.running),
+                pending=lambda: len(self.outbox) + len(self.sending),
+            )
         interval = self.options.heartbeat_interval or registration.heartbeat_interval
         heartbeats = asyncio.create_task(self._heartbeat_loop(interval))
         helpers = [
@@ -240,8 +257,9 @@ class WorkerNode:
             await asyncio.sleep(0)
             claims = await self._claim()
             reports = self._take_outbox()
-            if claims or reports:
-                await self._exchange(reports, claims)
+            logs = self._take_logs(reports)
+            if claims or reports or logs:
+                await self._exchange(reports, claims, logs)
             else:
                 await self._idle()
 
@@ -275,25 +293,41 @@ class WorkerNode:
             self.sending[report.task_id] = report
         return reports
 
-    async def _exchange(self, reports: list[TaskReport], claims: list[Claim]) -> None:
+    def _take_logs(self, reports: list[TaskReport]) -> list[ShippedLine]:
+        """Captured lines ride along with reports; alone, only when due (LogBook.due)."""
+        if reports or self.logbook.due():
+            return self.logbook.take()
+        return []
+
+    async def _exchange(
+        self, reports: list[TaskReport], claims: list[Claim], logs: Sequence[ShippedLine] = ()
+    ) -> None:
         assert self.transport is not None
         try:
             answer = await self.transport.exchange(
-                self.worker_id, reports, [c.task_id for c in claims]
+                self.worker_id, reports, [c.task_id for c in claims], logs
             )
         except Unavailable as exc:
+            self.logbook.put_back(list(logs))
             await self._give_back(reports, claims, keep_reports=True)
             self._pause("exchange.unavailable", exc)
             return
         except Rejected as exc:
             # A 4xx will not get better by retrying. Letting go frees the leases: the tasks are
-            # re-run elsewhere rather than held here forever.
-            log.error("exchange.rejected", error=str(exc), task_ids=[r.task_id for r in reports])
+            # re-run elsewhere rather than held here forever. The reports are retried alone,
+            # without the log lines, which are dropped: they must not cost a report twice.
+            log.error(
+                "exchange.rejected",
+                error=str(exc),
+                task_ids=[r.task_id for r in reports],
+                log_lines_dropped=len(logs),
+            )
             await self._give_back(reports, claims, keep_reports=False)
-            if len(reports) > 1:
+            if len(reports) > 1 or (reports and logs):
                 await self._report_alone(reports)
             return
-        self._touched()
+        if reports or claims:  # the store swallows log failures: no proof of contact alone
+            self._touched()
         self.backoff = MIN_BACKOFF
         for report in reports:
             self.sending.pop(report.task_id, None)
@@ -369,11 +403,14 @@ class WorkerNode:
             task_id=job.task_id, correlation_id=job.correlation_id, attempt=job.attempt
         ):
             log.info("task.started", task_type=job.task_type)
+            began = time.monotonic()
             try:
                 report = await self.executor.execute(job)
             except asyncio.CancelledError:
                 report = self._interrupted(job)
             log.info("task.finished", outcome=report.outcome, error=report.error)
+            if self.options.metrics_port is not None:
+                metrics.observe(job.task_type, report.outcome, time.monotonic() - began)
         self.outbox[job.task_id] = report
         self.running.pop(job.task_id, None)
         self.deadlines.pop(job.task_id, None)
@@ -470,7 +507,7 @@ class WorkerNode:
             handle.cancel()
         await asyncio.gather(*(t for _j, t in list(self.running.values())), return_exceptions=True)
         flush_until = loop.time() + REPORT_FLUSH_SECONDS
-        while (self.outbox or self.sending) and loop.time() < flush_until:
+        while (self.outbox or self.sending or self.logbook.pending()) and loop.time() < flush_until:
             await asyncio.sleep(0.05)
         if self.outbox or self.sending:
             log.warning("worker.unreported_at_exit", task_ids=[*self.outbox, *self.sending])
@@ -537,19 +574,34 @@ async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
             waiter.cancel()
 
 
+class WorkerEnv(BaseSettings):
+    """The worker's own variables, from the environment or `.env` like every other setting
+    (the environment wins). Not in app.config.Settings: the API has no use for them."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    api_url: str = "http://localhost:8000"
+    api_key: str | None = None
+    # Unset: the Redis the API announces at registration.
+    redis_url: str | None = None
+    worker_high_cpu_percent: float = 90.0
+
+
 def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
     settings = get_settings()
+    env = WorkerEnv()
     parser = argparse.ArgumentParser(description="Run a task scheduler worker node.")
     parser.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument(
         "--api-url",
-        default=os.environ.get("API_URL", "http://localhost:8000"),
+        default=env.api_url,
         help="the scheduler API; several replicas comma-separated (a,b,c): the worker fails "
-        "over to the next on connection errors and 5xx (env API_URL)",
+        "over to the next on connection errors and 5xx (env API_URL, else .env; now "
+        "%(default)s)",
     )
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("API_KEY"),
+        default=env.api_key,
         help="a key with the worker scope, sent as a Bearer token (env API_KEY; prefer the "
         "variable: a command line is visible to other users of the machine)",
     )
@@ -578,11 +630,31 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
     parser.add_argument(
         "--high-cpu-percent",
         type=float,
-        default=float(os.environ.get("WORKER_HIGH_CPU_PERCENT", 90)),
+        default=env.worker_high_cpu_percent,
         help="this worker process's CPU (%% of one core) above which it fills only half its "
         "slots (>100: never)",
     )
+    parser.add_argument(
+        "--task-log-max-bytes",
+        type=int,
+        default=settings.task_log_max_bytes,
+        help="what a handler may print and log per attempt; past it lines are dropped and "
+        "counted (env TASK_LOG_MAX_BYTES, default %(default)s; 0: capture nothing)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics of this worker on this port (default: off)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics endpoint (default %(default)s; 0.0.0.0 for every address)",
+    )
     args = parser.parse_args(argv)
+    if args.task_log_max_bytes < 0:
+        parser.error("--task-log-max-bytes must be 0 or more")
     capabilities = (
         [c.strip() for c in args.capabilities.split(",") if c.strip()]
         if args.capabilities
@@ -593,7 +665,7 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         api_url=args.api_url,
         capabilities=capabilities,
         max_concurrent_tasks=args.max_concurrent_tasks,
-        redis_url=os.environ.get("REDIS_URL"),
+        redis_url=env.redis_url or None,
         # Unset: the interval the API announces at registration, so both sides agree on it.
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
@@ -602,6 +674,9 @@ def parse_args(argv: Sequence[str] | None = None) -> WorkerOptions:
         task_modules=args.tasks,
         database_url=args.database_url,
         api_key=args.api_key or None,
+        task_log_max_bytes=args.task_log_max_bytes,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 

@@ -41,9 +41,10 @@ async def health(request: Request, db: DatabaseDep) -> JSONResponse:
 
 
 @router.get("/health/live")
-async def live() -> dict[str, str]:
-    """The process answers (a liveness probe: restart it when this fails)."""
-    return {"status": "alive"}
+async def live(request: Request) -> dict[str, str | bool]:
+    """The process answers (a liveness probe: restart it when this fails). `leader` says whether
+    this process runs the periodic work now (one replica at a time)."""
+    return {"status": "alive", "leader": request.app.state.recovery.leading}
 
 
 @router.get("/health/ready")

@@ -88,7 +88,7 @@ async def report_outcomes(
 async def exchange(worker_id: str, request: ExchangeRequest, scheduler: SchedulerDep) -> Response:
     """The worker protocol in one round trip: record `reports` and start `claims` in one
     transaction. A worker sends this whenever it has claimed tasks or finished attempts."""
-    answer = await scheduler.exchange(worker_id, request.reports, request.claims)
+    answer = await scheduler.exchange(worker_id, request.reports, request.claims, request.logs)
     return json_response(answer)
 
 

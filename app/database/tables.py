@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
@@ -222,3 +223,70 @@ class TaskEventRow(Base):
 
 api_keys = cast(Table, ApiKeyRow.__table__)
 task_events = cast(Table, TaskEventRow.__table__)
+
+
+class TaskLogRow(Base):
+    """A line a handler wrote during an attempt (print, stderr or logging), docs/architecture.md
+    "Per-task logs". `seq` is attempt × 10⁹ + the line's number within the attempt, given by the
+    worker: one task's lines read in order by the primary key, and a batch sent twice (a lost
+    answer) is stored once."""
+
+    __tablename__ = "task_logs"
+
+    task_id: Mapped[str] = mapped_column(
+        String(100), ForeignKey("tasks.task_id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    level: Mapped[str] = mapped_column(String(16))
+    stream: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+
+
+task_logs = cast(Table, TaskLogRow.__table__)
+
+
+class ScheduleRow(Base):
+    """A periodic schedule (docs/schedules.md): cron or interval, and the task each fire makes."""
+
+    __tablename__ = "schedules"
+
+    schedule_id: Mapped[str] = mapped_column(String(55), primary_key=True)
+    cron: Mapped[str | None] = mapped_column(String(200))
+    interval_seconds: Mapped[int | None] = mapped_column(Integer)
+    timezone: Mapped[str] = mapped_column(String(64))
+    # The ScheduleTask of app/models/schedule.py: task_type, payload, priority, timeout, retries.
+    task: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    catch_up: Mapped[str] = mapped_column(String(8))
+    start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    # The earliest fire time not yet handled; NULL while paused or past end_at. Firing advances
+    # it in the transaction that records the fire, guarded by its old value.
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    # The leader's tick looks for schedules that are due.
+    __table_args__ = (Index(None, "next_fire_at"),)
+
+
+class ScheduleFireRow(Base):
+    """One handled fire time of a schedule. The primary key makes a fire time unique; task_id is
+    not a foreign key, so deleting old tasks never blocks on (nor loses) the schedule's history."""
+
+    __tablename__ = "schedule_fires"
+
+    schedule_id: Mapped[str] = mapped_column(
+        String(55), ForeignKey("schedules.schedule_id", ondelete="CASCADE"), primary_key=True
+    )
+    fire_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    # NULL when skipped (max_concurrent_runs reached).
+    task_id: Mapped[str | None] = mapped_column(String(100))
+    skipped: Mapped[bool] = mapped_column(Boolean)
+
+
+schedules = cast(Table, ScheduleRow.__table__)
+schedule_fires = cast(Table, ScheduleFireRow.__table__)

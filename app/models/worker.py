@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from app.models.logs import MAX_SHIPPED_LINES, ShippedLine
 from app.models.task import Name, TaskReport, TaskToRun
 
 # Reports in one request. They are applied in one transaction, which holds SQLite's write lock
@@ -108,6 +109,8 @@ class ExchangeRequest(BaseModel):
 
     reports: list[TaskReport] = Field(default_factory=list, max_length=MAX_REPORTS)
     claims: list[Name] = Field(default_factory=list, max_length=10_000)
+    # Lines the worker's handlers wrote (app/models/logs.py); stored apart from the reports.
+    logs: list[ShippedLine] = Field(default_factory=list, max_length=MAX_SHIPPED_LINES)
 
 
 class ExchangeResponse(BaseModel):

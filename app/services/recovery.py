@@ -15,7 +15,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from app.database import repositories as repo
 from app.database import transitions
 from app.database.connection import Database
 from app.models.task import AttemptOutcome, ReadyTask, TaskStatus
+from app.models.worker import WorkerStatus
 from app.services.message_queue import LUA_DIR, RedisQueue, lease_token
 from app.services.scheduler import Scheduler
 from app.services.worker_manager import WorkerManager
@@ -76,6 +77,10 @@ class Recovery:
         # The sweep's pace follows this clock; tests move it instead of waiting.
         self.clock: Callable[[], float] = time.monotonic
         self._last_reconcile = 0.0
+        # Periodic work of other services (schedules, retention), run by the leader only, after
+        # the healing steps of each tick, each step fenced by the lock like those.
+        self.leader_steps: list[Callable[[], Awaitable[object]]] = []
+        self._gauged_types: set[str] = set()
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """The maintenance loop of one scheduler process; survives Redis and database outages.
@@ -115,6 +120,7 @@ class Recovery:
             self.workers.mark_silent_offline,
             self.expire_unroutable,
             self._record_depths,
+            *self.leader_steps,
         ]
         for step in steps:
             if not await self._hold_lock():
@@ -151,8 +157,20 @@ class Recovery:
             await self.rebuild_redis()
 
     async def _record_depths(self) -> None:
-        for task_type, depth in (await self.queue.queue_depths()).items():
-            monitoring.QUEUE_DEPTH.labels(monitoring.task_type_label(task_type)).set(depth)
+        """Gauges of the whole system, set by the leader: queue depths, live workers, and the
+        ready tasks no live worker can run (the alert "no worker for a queued type")."""
+        workers = [w for w in await self.workers.list_all() if w.status != WorkerStatus.OFFLINE]
+        live_types = {c for w in workers for c in w.capabilities}
+        monitoring.WORKERS_ONLINE.set(len(workers))
+        depths = await self.queue.queue_depths()
+        # Redis deletes an emptied queue: its gauges must fall to 0, not keep the last depth.
+        for task_type in self._gauged_types - depths.keys():
+            depths[task_type] = 0
+        self._gauged_types = set(depths)
+        for task_type, depth in depths.items():
+            label = monitoring.task_type_label(task_type)
+            monitoring.QUEUE_DEPTH.labels(label).set(depth)
+            monitoring.UNROUTABLE.labels(label).set(0 if task_type in live_types else depth)
 
     async def _hold_lock(self) -> bool:
         """Take or keep the sweeper lock (lock.lua, one atomic step); it expires on its own if
@@ -472,12 +490,17 @@ class Recovery:
     async def rebuild_redis(self) -> None:
         """Rebuild queues, delayed set and leases from the database (start-up, or Redis data loss).
         Running tasks get a fresh lease so their workers can keep renewing and report normally."""
-        log.warning("redis.rebuild.start")
+        log.info("redis.rebuild.start")
         queued = await self._rebuild_pending()
         leased = await self._rebuild_leases()
         await self.queue.redis.set(self.queue.keys.epoch, datetime.now(UTC).isoformat())
-        monitoring.REDIS_REBUILDS.inc()
-        log.warning("redis.rebuild.done", queued=queued, leased=leased)
+        # A first start (or a loss while nothing was pending) restores nothing: not worth an
+        # alert. Restoring work means Redis had lost it.
+        if queued or leased:
+            monitoring.REDIS_REBUILDS.inc()
+            log.warning("redis.rebuild.done", queued=queued, leased=leased)
+        else:
+            log.info("redis.rebuild.done", queued=queued, leased=leased)
 
     async def _rebuild_pending(self) -> int:
         """Queue every ready task, a keyset page at a time. Tasks that change after the rebuild

@@ -20,6 +20,7 @@ from app.database import repositories as repo
 from app.database import transitions
 from app.database.admission import AdmissionError, Admitted, NewTask, admit
 from app.database.connection import Database
+from app.models.logs import ShippedLine
 from app.models.task import (
     AttemptOutcome,
     ReadyTask,
@@ -30,7 +31,7 @@ from app.models.task import (
     TaskToRun,
 )
 from app.models.worker import ExchangeResponse, ReportResponse, StartResponse
-from app.services import retry_policy
+from app.services import retry_policy, task_logs
 from app.services.group_submit import SubmitGroup
 from app.services.message_queue import RedisQueue, claim_token, lease_token
 from app.utils import monitoring
@@ -232,7 +233,11 @@ class Scheduler:
     # --- what workers report ---------------------------------------------------------------------
 
     async def exchange(
-        self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
+        self,
+        worker_id: str,
+        reports: Sequence[TaskReport],
+        claims: Sequence[str],
+        logs: Sequence[ShippedLine] = (),
     ) -> ExchangeResponse:
         """One round of the worker protocol: record how attempts ended (a report of a superseded
         attempt is refused: exactly one result per task, whatever arrives late or twice), and
@@ -240,7 +245,14 @@ class Scheduler:
         reports hold many endings other than completions: those take a few statements each, so
         they are applied SLOW_REPORTS_PER_TRANSACTION at a time (the completions with the first
         chunk, the claims with the last), and no request holds SQLite's write lock for long.
-        Each report stays one guarded statement, so a request cut short is simply sent again."""
+        Each report stays one guarded statement, so a request cut short is simply sent again.
+        `logs`: handlers' output (of this worker's attempts only), stored first, in a
+        transaction of its own whose failure is only logged (app.services.task_logs), so the
+        reports' fate never depends on it."""
+        if logs:
+            await task_logs.store_quietly(self.db, logs, worker_id)
+            if not reports and not claims:
+                return ExchangeResponse()
         done = [r for r in reports if r.outcome == AttemptOutcome.COMPLETED]
         slow = [r for r in reports if r.outcome != AttemptOutcome.COMPLETED]
         step = SLOW_REPORTS_PER_TRANSACTION
@@ -279,7 +291,7 @@ class Scheduler:
             accepted=accepted,
             refused_reports=_missing([r.task_id for r in reports], accepted),
         )
-        self._observe(worker_id, rows, answer, now)
+        self._observe(worker_id, rows, answer, now, reports)
         settled = self._settle(worker_id, reports, answer, to_queue + later, orphans)
         await self._tell_redis(settled)
         return answer
@@ -337,15 +349,27 @@ class Scheduler:
             await self.queue.enqueue(to_queue)
 
     def _observe(
-        self, worker_id: str, rows: Sequence[Any], answer: ExchangeResponse, now: datetime
+        self,
+        worker_id: str,
+        rows: Sequence[Any],
+        answer: ExchangeResponse,
+        now: datetime,
+        reports: Sequence[TaskReport],
     ) -> None:
         for r in rows:
             monitoring.QUEUE_WAIT.observe((now - r.created_at).total_seconds())
         if answer.refused_claims:
             log.info("claim.refused", worker_id=worker_id, task_ids=answer.refused_claims)
+        if not answer.refused_reports:
+            return
+        outcomes = {r.task_id: r.outcome for r in reports}
         for task_id in answer.refused_reports:
             monitoring.STALE_REPORTS.inc()
-            log.warning("report.stale", worker_id=worker_id, task_id=task_id)
+            # A worker confirming a cancel finds the attempt already ended by it: expected.
+            if outcomes.get(task_id) == AttemptOutcome.CANCELLED:
+                log.info("report.after_cancel", worker_id=worker_id, task_id=task_id)
+            else:
+                log.warning("report.stale", worker_id=worker_id, task_id=task_id)
 
     async def _record(
         self, conn: Any, worker_id: str, reports: Sequence[TaskReport], now: datetime

@@ -10,6 +10,7 @@ from app.config import Settings
 from app.database import repositories as repo
 from app.database.connection import Database
 from app.models.worker import WorkerHeartbeat, WorkerPublic, WorkerRegister, WorkerStatus
+from app.utils import monitoring
 
 log = structlog.get_logger(__name__)
 
@@ -77,4 +78,5 @@ class WorkerManager:
             gone = await repo.mark_workers_offline(conn, silent_since=silent_since)
         for worker_id in gone:
             log.warning("worker.lost", worker_id=worker_id)
+        monitoring.WORKERS_LOST.inc(len(gone))
         return gone

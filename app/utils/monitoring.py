@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TASKS_SUBMITTED = Counter("dts_tasks_submitted_total", "Tasks accepted by the API", ["task_type"])
 ATTEMPTS_ENDED = Counter("dts_attempts_ended_total", "Attempts that ended, by outcome", ["outcome"])
@@ -26,6 +27,20 @@ QUEUE_DEPTH = Gauge(
     "Ready tasks waiting in Redis",
     ["task_type"],
     multiprocess_mode="mostrecent",
+)
+WORKERS_LOST = Counter(
+    "dts_workers_lost_total", "Workers marked offline because their heartbeats stopped"
+)
+# Set by the leader each sweep, like QUEUE_DEPTH.
+WORKERS_ONLINE = Gauge("dts_workers_online", "Workers not offline", multiprocess_mode="mostrecent")
+UNROUTABLE = Gauge(
+    "dts_queue_unroutable",
+    "Ready tasks of a type that no live worker can run",
+    ["task_type"],
+    multiprocess_mode="mostrecent",
+)
+HTTP_ERRORS = Counter(
+    "dts_http_errors_total", "Answers with status 429 or 5xx, by status", ["status"]
 )
 QUEUE_WAIT = Histogram(
     "dts_queue_wait_seconds",
@@ -60,3 +75,25 @@ def scrape_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
+
+
+class ErrorResponseCounter:
+    """Counts the API's 429 and 5xx answers (HTTP_ERRORS), whichever layer gave them: the
+    limits, the exception handlers or a route. Pure ASGI: one look at the status per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status >= 500 or status == 429:
+                    HTTP_ERRORS.labels(str(status)).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from dashboard import ui
 from dashboard.api_client import NotFound
-from dashboard.formatting import STATUS_BADGES, STATUS_COLORS
+from dashboard.formatting import STATUS_COLORS
 
 
 def to_dot(graph: dict[str, Any], focus: str) -> str:
@@ -48,8 +48,8 @@ def _graph(task_id: str) -> None:
         st.graphviz_chart(to_dot(graph, task_id))
         if graph.get("truncated"):
             st.caption(f"The graph is larger: showing {len(graph['nodes'])} of its tasks.")
-        legend = " ".join(f":{c}-badge[{s}]" for s, c in STATUS_BADGES.items())
-        st.markdown(f"{len(graph['nodes'])} tasks, {len(graph['edges'])} edges · {legend}")
+        st.markdown(f"{len(graph['nodes'])} tasks, {len(graph['edges'])} edges")
+        ui.color_legend(STATUS_COLORS)
         ui.task_link(task_id, label=f"Open {task_id}")
         ui.updated_caption()
 

@@ -9,11 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, tables, ui
-from dashboard.formatting import duration
+from dashboard.formatting import STATUS_COLORS, duration
 
 ANY = "any"
 COLUMNS = ("ID", "Type", "Status", "Worker", "Attempt", "Created", "Queue wait", "Run time",
            "Result", "Error")  # fmt: skip
+HISTOGRAMS_PER_ROW = 3
 WINDOWS = {"1 h": 60, "6 h": 360, "24 h": 1440, "7 days": 7 * 1440}
 
 
@@ -49,10 +50,10 @@ def _live(filters: dict[str, Any], minutes: int) -> None:
         return
     if page["tasks"]:
         st.dataframe(
-            tables.styled_tasks(tables.tasks_frame(page["tasks"])),
+            tables.styled_tasks(tables.tasks_frame(page["tasks"], ui.zone())),
             hide_index=True,
             column_order=COLUMNS,
-            column_config=tables.TASK_COLUMNS,
+            column_config=tables.task_columns(ui.zone()),
         )
     else:
         st.info("No finished task matches these filters.")
@@ -70,9 +71,7 @@ def _durations(minutes: int, task_type: str | None) -> None:
     if not samples:
         st.caption("No task ran to an end in this window.")
         return
-    left, right = st.columns([3, 2])
-    left.altair_chart(charts.duration_histograms(samples))
-    right.dataframe(
+    st.dataframe(
         pd.DataFrame(
             [
                 {
@@ -87,7 +86,25 @@ def _durations(minutes: int, task_type: str | None) -> None:
         ),
         hide_index=True,
     )
-    right.caption(f"From the latest {len(body['samples'])} tasks that ran in the window.")
+    st.caption(
+        f"From the latest {len(body['samples'])} tasks that ran in the window. Each type has its "
+        "own axis (logarithmic when its run times spread widely)."
+    )
+    ui.color_legend({s: STATUS_COLORS[s] for s in ("completed", "failed")})
+    _histograms(samples)
+
+
+def _histograms(samples: list[dict[str, Any]]) -> None:
+    """A histogram per type, HISTOGRAMS_PER_ROW to a row."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_type.setdefault(sample["task_type"], []).append(sample)
+    types = sorted(by_type)
+    for row in range(0, len(types), HISTOGRAMS_PER_ROW):
+        cells = st.columns(HISTOGRAMS_PER_ROW)
+        for cell, task_type in zip(cells, types[row : row + HISTOGRAMS_PER_ROW], strict=False):
+            cell.markdown(f"**{task_type}** ({len(by_type[task_type])})")
+            cell.altair_chart(charts.run_time_histogram(by_type[task_type]))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ import streamlit as st
 
 from dashboard import charts, tables, ui
 from dashboard.alerts import Alert, Snapshot, Thresholds, evaluate
-from dashboard.api_client import ApiUnavailable
+from dashboard.api_client import ApiError, ApiUnavailable, NotSupported
+from dashboard.charts import TimeWindow
 from dashboard.formatting import duration, percent, rate
+from dashboard.views.schedules import failing_lines
 
 # Window label -> (minutes, bucket seconds): about 60 points per chart.
 WINDOWS = {"15 min": (15, 15), "1 h": (60, 60), "6 h": (360, 360), "24 h": (1440, 1800)}
 DEFAULT_WINDOW = "1 h"
 RUNNING_SHOWN = 20
+# "Now" is the last minute, in 5 s buckets: a rate that moves when work starts or stops, beside
+# the window's average (which a burst of two minutes in an hour flattens to nothing).
+NOW_MINUTES, NOW_BUCKET_SECONDS = 1, 5
 
 
 def render() -> None:
@@ -40,8 +45,10 @@ def _live(minutes: int, bucket_seconds: int) -> None:
     )
     _health_row(health)
     _alerts(evaluate(snapshot, Thresholds.from_env()))
+    _failing_schedules()
     if snapshot.overview is not None:
-        _counts(snapshot.overview, snapshot.timeseries)
+        now = ui.attempt(lambda: ui.timeseries(NOW_MINUTES, NOW_BUCKET_SECONDS), "load the rates")
+        _counts(snapshot.overview, snapshot.timeseries, now)
         _queue_charts(snapshot.overview)
     if snapshot.timeseries is not None:
         _time_charts(snapshot.timeseries)
@@ -77,9 +84,26 @@ def _alerts(alerts: list[Alert]) -> None:
         show(alert.message, icon=f":material/{alert.level}:")
 
 
-def _counts(overview: dict[str, Any], series: dict[str, Any] | None) -> None:
+def _failing_schedules() -> None:
+    """A line per schedule whose recent runs fail (docs/schedules.md); nothing from an API
+    without schedules."""
+    try:
+        found = ui.client().schedules()
+    except NotSupported:
+        return
+    except ApiError as exc:
+        ui.show_error(exc, "load the schedules")
+        return
+    for line in failing_lines(found):
+        st.warning(line, icon=":material/event_busy:")
+
+
+def _counts(
+    overview: dict[str, Any], series: dict[str, Any] | None, now: dict[str, Any] | None
+) -> None:
     workers, queue, by_status = overview["workers"], overview["queue"], overview["tasks_by_status"]
     totals = series["totals"] if series else {}
+    last_minute = now["totals"] if now else {}
     cells = st.columns(6)
     cells[0].metric(
         "Live workers",
@@ -95,17 +119,21 @@ def _counts(overview: dict[str, Any], series: dict[str, Any] | None) -> None:
         "Ready in queue", sum(queue["ready_by_type"].values()) if queue["available"] else "—"
     )
     cells[4].metric(
-        "Throughput",
-        rate(totals.get("throughput")),
-        help="completed per second in the window",
+        "Throughput now",
+        rate(last_minute.get("throughput")),
+        help="completed per second over the last minute",
     )
     cells[5].metric(
-        "Error rate", percent(totals.get("error_rate")), help="failed / (completed + failed)"
+        "Error rate now",
+        percent(last_minute.get("error_rate")),
+        help="failed / (completed + failed) over the last minute",
     )
     wait, run = duration(totals.get("queue_wait_p95")), duration(totals.get("run_time_p95"))
     st.caption(
-        f"In the window: {totals.get('completed', 0)} completed, {totals.get('failed', 0)} failed,"
-        f" {totals.get('submitted', 0)} submitted · queue wait p95 {wait} · run time p95 {run}"
+        f"Over the window: {totals.get('completed', 0)} completed, {totals.get('failed', 0)} "
+        f"failed, {totals.get('submitted', 0)} submitted · throughput "
+        f"{rate(totals.get('throughput'))} · error rate {percent(totals.get('error_rate'))} · "
+        f"queue wait p95 {wait} · run time p95 {run}"
     )
 
 
@@ -133,16 +161,17 @@ def _queue_charts(overview: dict[str, Any]) -> None:
 
 
 def _time_charts(series: dict[str, Any]) -> None:
-    buckets = series["buckets"]
+    """Three charts on one shared time axis: the whole window, however late the work began."""
+    buckets, window = series["buckets"], TimeWindow.of(series, ui.zone())
     left, right = st.columns(2)
     with left:
         st.subheader("Throughput")
-        st.altair_chart(charts.throughput(buckets, series["bucket_seconds"]))
+        st.altair_chart(charts.throughput(buckets, window, series["bucket_seconds"]))
     with right:
         st.subheader("Latency p50 / p95")
-        st.altair_chart(charts.latency(buckets))
+        st.altair_chart(charts.latency(buckets, window))
     st.subheader("Error rate")
-    st.altair_chart(charts.error_rate(buckets))
+    st.altair_chart(charts.error_rate(buckets, window))
 
 
 def _running_tasks() -> None:
@@ -156,10 +185,10 @@ def _running_tasks() -> None:
         st.caption("Nothing is running.")
         return
     st.dataframe(
-        tables.tasks_frame(page["tasks"]),
+        tables.tasks_frame(page["tasks"], ui.zone()),
         hide_index=True,
         column_order=("ID", "Type", "Worker", "Attempt", "Created", "Queue wait"),
-        column_config=tables.TASK_COLUMNS,
+        column_config=tables.task_columns(ui.zone()),
     )
 
 

@@ -1,22 +1,39 @@
-"""Task detail: every field, payload and result, the attempts as a timeline, the operator actions
-taken on it (with the key of each), the tasks it waits for and the tasks waiting for it, and the
-cancel and retry actions. The id is in the URL (?task_id=...), so a task's page can be linked to."""
+"""Task detail: every field, payload and result, the attempts as a timeline, what its handlers
+printed and logged (per attempt, following a running task), the operator actions taken on it
+(with the key of each), the tasks it waits for and the tasks waiting for it, and the cancel and
+retry actions. The id is in the URL (?task_id=...), so a task's page can be linked to."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, ui
-from dashboard.api_client import ApiError
-from dashboard.formatting import FINAL_STATUSES, STATUS_BADGES, duration, seconds_since
+from dashboard import actions, charts, ui
+from dashboard.api_client import NotSupported
+from dashboard.formatting import (
+    FINAL_STATUSES,
+    OUTCOME_COLORS,
+    STATUS_BADGES,
+    Zone,
+    clock,
+    duration,
+    seconds_since,
+    timestamp,
+)
 
 # Two short tables side by side: what the task is, and when things happened to it.
 FIELDS = ("task_type", "priority", "worker_id", "attempt", "max_retries", "timeout")
 TIMES = ("created_at", "scheduled_at", "started_at", "completed_at")
+# The log shows the last lines of an attempt, read a page (1,000 lines) at a time up to a cap.
+LOG_TAIL_LINES = 1000
+LOG_PAGE_LINES = 1000  # the API's default page
+LOG_MAX_PAGES = 20
+PREFIX = "task_"  # of the action widgets' keys
 
 
 def render() -> None:
@@ -29,17 +46,18 @@ def render() -> None:
 
 
 def _task(task_id: str) -> None:
-    _show_outcome()  # inside the fragment: a button click reruns only the fragment
+    actions.show_outcome(PREFIX)  # inside the fragment: a button click reruns only the fragment
     with ui.api_errors("load the task"):
         task = ui.client().task(task_id)
         if task is None:
             st.warning(f"No task has the id `{task_id}`.")
             return
         _header(task)
-        _actions(task)
+        actions.task_actions(task, PREFIX)
         _fields(task)
         _data(task)
         _attempts(task)
+        _logs(task)
         _events(task)
         _relations(task)
         ui.updated_caption()
@@ -55,7 +73,7 @@ def _header(task: dict[str, Any]) -> None:
 def _fields(task: dict[str, Any]) -> None:
     what, when = st.columns(2)
     what.dataframe(_rows(task, FIELDS, str), hide_index=True)
-    times = _rows(task, TIMES, lambda v: str(v).replace("T", " ")[:19] + " UTC")
+    times = _rows(task, TIMES, lambda v: timestamp(v, ui.zone()))
     if task["status"] == "pending" and task["started_at"] is None:
         times.loc[len(times)] = ["waiting for", duration(seconds_since(task["created_at"]))]
     times.loc[len(times)] = ["correlation_id", task.get("correlation_id") or ""]
@@ -86,11 +104,74 @@ def _attempts(task: dict[str, Any]) -> None:
     if not attempts:
         st.caption("Not started yet.")
         return
-    st.altair_chart(charts.attempts_timeline(attempts, pd.Timestamp.now(tz="UTC")))
+    now = datetime.now(UTC)
+    if any(a.get("started_at") for a in attempts):
+        st.altair_chart(charts.attempts_timeline(attempts, now, ui.zone()))
+        ui.color_legend(
+            {o: OUTCOME_COLORS[o] for o in dict.fromkeys(a["outcome"] for a in attempts)}
+        )
+    zone = ui.zone()
     frame = pd.DataFrame(
-        attempts, columns=["attempt", "worker_id", "started_at", "ended_at", "outcome", "error"]
+        [
+            {
+                "attempt": a["attempt"],
+                "worker": a.get("worker_id") or "",
+                "started": timestamp(a.get("started_at"), zone),
+                "ended": timestamp(a.get("ended_at"), zone) if a.get("ended_at") else "",
+                "outcome": a["outcome"],
+                "error": a.get("error") or "",
+            }
+            for a in attempts
+        ]
     )
     st.dataframe(frame, hide_index=True)
+
+
+def _logs(task: dict[str, Any]) -> None:
+    """What the handler wrote, one attempt at a time (the latest by default). The page's live
+    refresh re-reads it, so a running task's log grows as it runs."""
+    st.markdown("**Logs**")
+    if not task["attempt"]:
+        st.caption("Not started yet: no logs.")
+        return
+    attempts = list(range(task["attempt"], 0, -1))
+    chosen = st.selectbox(
+        "Attempt",
+        attempts,
+        key=f"log_attempt_{task['task_id']}",
+        format_func=lambda n: f"attempt {n}" + (" (latest)" if n == attempts[0] else ""),
+    )
+    try:
+        lines, more = _log_tail(task["task_id"], chosen)
+    except NotSupported:
+        st.caption("This API does not keep task logs.")
+        return
+    if not lines:
+        st.caption("Nothing printed or logged in this attempt.")
+        return
+    if more:
+        st.caption(f"The last {LOG_TAIL_LINES} lines; `dts logs {task['task_id']}` shows all.")
+    st.code("\n".join(_log_text(line, ui.zone()) for line in lines), language=None)
+
+
+def _log_tail(task_id: str, attempt: int) -> tuple[list[dict[str, Any]], bool]:
+    """The attempt's last LOG_TAIL_LINES lines, and whether earlier ones were left out."""
+    tail: deque[dict[str, Any]] = deque(maxlen=LOG_TAIL_LINES)
+    after, read = None, 0
+    for _page in range(LOG_MAX_PAGES):
+        page = ui.client().task_logs(task_id, attempt=attempt, after=after)
+        tail.extend(page["lines"])
+        read += len(page["lines"])
+        if len(page["lines"]) < LOG_PAGE_LINES:  # the last page
+            break
+        after = page["next_after"]
+    return list(tail), read > len(tail)
+
+
+def _log_text(line: dict[str, Any], zone: Zone) -> str:
+    at = clock(line["at"], zone)
+    source = line["level"] if line["stream"] == "log" else line["stream"]
+    return f"{at} {source:<7} {line['message']}"
 
 
 def _events(task: dict[str, Any]) -> None:
@@ -101,7 +182,7 @@ def _events(task: dict[str, Any]) -> None:
     st.markdown(f"**Operator actions** ({len(events)})")
     rows = [
         {
-            "at": str(e["at"]).replace("T", " ")[:19] + " UTC",
+            "at": timestamp(e["at"], ui.zone()),
             "action": e["action"],
             "key": e.get("key_id") or "(no key)",
             "detail": ", ".join(f"{k}: {v}" for k, v in (e.get("detail") or {}).items()),
@@ -129,53 +210,6 @@ def _relations(task: dict[str, Any]) -> None:
             icon=":material/account_tree:",
             query_params={"task_id": task["task_id"]},
         )
-
-
-# --- actions ------------------------------------------------------------------------------------
-
-
-def _actions(task: dict[str, Any]) -> None:
-    status = task["status"]
-    cancel_col, retry_col, _ = st.columns([1, 1, 4])
-    cancel_col.button(
-        "Cancel task",
-        key="cancel",
-        disabled=status in FINAL_STATUSES,
-        on_click=_act,
-        args=("cancel", task["task_id"]),
-        help="Stop it: pending tasks never start; running ones are told to stop.",
-    )
-    retry_col.button(
-        "Retry task",
-        key="retry",
-        disabled=status not in ("failed", "cancelled"),
-        on_click=_act,
-        args=("retry", task["task_id"]),
-        help="Run a failed or cancelled task again.",
-    )
-
-
-def _act(action: str, task_id: str) -> None:
-    """Button callback: do it and keep the outcome for the message after the rerun."""
-    api = ui.client()
-    try:
-        task = api.cancel(task_id) if action == "cancel" else api.retry(task_id)
-    except ApiError as exc:
-        st.session_state["task_action"] = (action, exc)
-        return
-    ui.forget_cached_reads()
-    st.session_state["task_action"] = (action, task)
-
-
-def _show_outcome() -> None:
-    outcome = st.session_state.pop("task_action", None)
-    if outcome is None:
-        return
-    action, result = outcome
-    if isinstance(result, ApiError):
-        ui.show_error(result, f"{action} the task")
-    else:
-        st.success(f"{action.capitalize()}: the task is now {result['status']}.")
 
 
 if __name__ == "__main__":

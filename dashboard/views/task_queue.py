@@ -8,11 +8,12 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import tables, ui
+from dashboard import actions, tables, ui
 from dashboard.formatting import STATUSES
 
 ANY = "any"
 PAGE_SIZES = (25, 50, 100)
+PREFIX = "queue_"  # of the action widgets' keys
 
 
 def render() -> None:
@@ -61,6 +62,7 @@ def _filters() -> dict[str, Any]:
 
 
 def _table(filters: dict[str, Any]) -> None:
+    actions.show_outcome(PREFIX)
     pager = ui.Pager("queue_pages", tuple(sorted((k, str(v)) for k, v in filters.items())))
     page = ui.attempt(lambda: ui.client().task_page(**filters, cursor=pager.cursor), "list tasks")
     if page is None:
@@ -69,18 +71,20 @@ def _table(filters: dict[str, Any]) -> None:
         st.info("No task matches these filters.")
     else:
         selection = st.dataframe(
-            tables.styled_tasks(tables.tasks_frame(page["tasks"])),
+            tables.styled_tasks(tables.tasks_frame(page["tasks"], ui.zone())),
             hide_index=True,
-            column_config=tables.TASK_COLUMNS,
+            column_config=tables.task_columns(ui.zone()),
             on_select="rerun",
             selection_mode="single-row",
             key="queue_table",
         )
         rows = selection.selection.rows if selection else []
         if rows:
-            ui.task_link(page["tasks"][rows[0]]["task_id"], label="Open the selected task")
+            chosen = page["tasks"][rows[0]]
+            ui.task_link(chosen["task_id"], label=f"Open {chosen['task_id']}")
+            actions.task_actions(chosen, PREFIX)
         else:
-            st.caption("Select a row to open the task.")
+            st.caption("Select a row to open, cancel or retry its task.")
     pager.controls(page["next_cursor"])
     ui.updated_caption()
 

@@ -53,8 +53,15 @@ def _live() -> None:
     cells[0].metric("Live", len(live))
     cells[1].metric("Lost or offline", len(frame) - len(live))
     cells[2].metric("Slots busy", f"{sum(len(w['current_tasks']) for w in workers)}")
-    st.dataframe(tables.styled_workers(frame), hide_index=True, column_config=tables.WORKER_COLUMNS)
+    st.dataframe(
+        tables.styled_workers(frame),
+        hide_index=True,
+        column_order=tables.WORKER_ORDER,
+        column_config=tables.WORKER_COLUMNS,
+    )
     st.caption(f"A worker is lost after {offline_after:.0f} s without a heartbeat.")
+    with st.expander("Hosts and capabilities"):
+        st.dataframe(frame, hide_index=True, column_order=tables.WORKER_DETAIL_ORDER)
     _resource_history(workers)
     ui.updated_caption()
 
@@ -66,8 +73,12 @@ def _resource_history(workers: list[dict[str, Any]]) -> None:
     if not history:
         st.caption("No worker has reported its resource use yet.")
         return
-    st.altair_chart(charts.worker_resources(pd.DataFrame(history)))
-    st.caption("Gathered from heartbeats while this page is open.")
+    frame = pd.DataFrame(history)
+    for cell, resource in zip(st.columns(len(RESOURCES)), RESOURCES.values(), strict=True):
+        cell.altair_chart(charts.worker_resource(frame, resource, ui.zone()))
+    beats = frame.groupby("worker")["time"].nunique().min()
+    more = " Each line grows a point per heartbeat." if beats < 2 else ""
+    st.caption(f"Gathered from heartbeats while this page is open.{more}")
 
 
 if __name__ == "__main__":

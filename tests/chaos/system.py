@@ -196,8 +196,8 @@ class Network:
     def create(self) -> None:
         atexit.register(self.close)
         remove_stale()
-        with _allocation_lock():
-            free = _free_subnets()
+        with allocation_lock():
+            free = free_subnets()
             try:
                 for n, subnet in zip(range(self.count), free, strict=False):
                     self._create_one(n, subnet)
@@ -249,7 +249,7 @@ def remove_stale() -> None:
 
 
 @contextlib.contextmanager
-def _allocation_lock() -> Iterator[None]:
+def allocation_lock() -> Iterator[None]:
     with LOCK_FILE.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -258,14 +258,14 @@ def _allocation_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _free_subnets() -> list[ipaddress.IPv4Network]:
+def free_subnets(within: ipaddress.IPv4Network = SUBNETS) -> list[ipaddress.IPv4Network]:
     used = {
         ipaddress.IPv4Interface(found).network
         for found in re.findall(r"inet (\S+)", run("ip", "-o", "-4", "addr", "show"))
     }
     subnets = [
         s
-        for s in SUBNETS.subnets(new_prefix=24)
+        for s in within.subnets(new_prefix=24)
         if s.network_address.packed[2] not in (0, 255) and not any(s.overlaps(u) for u in used)
     ]
     random.shuffle(subnets)

@@ -1,5 +1,8 @@
 """The dashboard in a real headless Chromium against a live stack: API, one worker, Streamlit.
-Each page must render its data; the screenshots are saved to docs/images/ for the README.
+Each page must render its data, every chart must have drawn its marks and axes, and each page's
+screenshot must look like its reviewed reference in docs/images/ (within the tolerance of
+tests/test_dashboard_screenshots.py). UPDATE_SCREENSHOTS=1 rewrites the references instead:
+review them (they are what the README shows) before committing.
 
 Needs Debian's `chromium` (/usr/bin/chromium) and the pip package `playwright` (which drives it;
 no `playwright install`). Missing locally: skipped. Missing under CI=true: a failure."""
@@ -19,15 +22,17 @@ import pytest
 
 from app.utils.embedded_servers import free_port
 from tests.integration.harness import ROOT, Stack, eventually
+from tests.test_dashboard_screenshots import check_against_reference
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's pictures are refreshed with UPDATE_SCREENSHOTS=1; otherwise a run leaves the
 # working tree alone and writes them to a scratch folder.
+UPDATING = os.environ.get("UPDATE_SCREENSHOTS") == "1"
 SCREENSHOTS = (
     ROOT / "docs" / "images"
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    if UPDATING
     else Path(tempfile.gettempdir()) / "dts-dashboard-screenshots"
 )
 CHROMIUM_ARGS = [
@@ -82,9 +87,7 @@ async def dashboard_url(chromium: Path, stack: Stack, tmp_path: Path) -> AsyncIt
         "none",
         "--browser.gatherUsageStats",
         "false",
-        "--client.toolbarMode",
-        "viewer",
-    ]
+    ]  # the rest (the toolbar without Deploy) from .streamlit/config.toml: cwd is the root
     env = {**os.environ, "API_URL": stack.api_url, "DASHBOARD_QUEUE_DEPTH_ALERT": "1000"}
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -138,7 +141,7 @@ async def _seed(api: httpx.AsyncClient) -> dict[str, str]:
     failing: dict[str, Any] = {
         "task_id": "broken",
         "task_type": "fail",
-        "max_retries": 0,
+        "max_retries": 2,  # three attempts of milliseconds, a second or two apart: the timeline
         "payload": {"parameters": {"message": "input file missing"}},
     }
     slow = {
@@ -189,13 +192,51 @@ async def _show(
     if charts:
         drawn = page.locator('[data-testid="stVegaLiteChart"] svg.marks')
         await drawn.nth(charts - 1).wait_for(state="attached", timeout=RENDER_TIMEOUT_MS)
+        await _charts_drawn(page, name, charts)
     # Placeholders stand in for elements not drawn yet, and the running-man widget is there while
     # a rerun is in progress: the screenshot waits for both to go.
     for busy in ("stSkeleton", "stStatusWidget"):
         await page.locator(f'[data-testid="{busy}"]').first.wait_for(
             state="detached", timeout=RENDER_TIMEOUT_MS
         )
+    # Streamlit scrolls an inner element, not the document: a "full page" screenshot would stop
+    # at the fold. A window as tall as the page's content shows all of it.
+    tall = await page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    await page.set_viewport_size({"width": WIDTH, "height": max(HEIGHT, int(tall))})
     await page.screenshot(path=SCREENSHOTS / f"{name}.png")
+    masks = await _plot_areas(page)
+    await page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
+    if not UPDATING:
+        check_against_reference(name, SCREENSHOTS / f"{name}.png", masks)
+
+
+async def _plot_areas(page: Any) -> list[tuple[float, float, float, float]]:
+    """The plotting area and the tick labels of every chart: live data moves the bars, lines
+    and points there and changes the scales (a time axis slides with the clock), so the
+    screenshot comparison leaves them out. The axis titles, legends and headings around them,
+    and the size of every chart, are compared; _charts_drawn checks that axes and marks are
+    there."""
+    found = []
+    chart = '[data-testid="stVegaLiteChart"]'
+    volatile = f"{chart} g.role-frame.root > g > path.background, {chart} g.role-axis-label"
+    for area in await page.locator(volatile).all():
+        box = await area.bounding_box()
+        if box:
+            found.append((box["x"], box["y"], box["width"], box["height"]))
+    return found
+
+
+async def _charts_drawn(page: Any, name: str, expected: int) -> None:
+    """Every chart has an axis and at least one mark with something in it. A chart whose spec
+    Vega cannot evaluate still gets its SVG and grid lines, and nothing else."""
+    charts = page.locator('[data-testid="stVegaLiteChart"] svg.marks')
+    found = await charts.count()
+    assert found == expected, f"{name}: {found} charts, expected {expected}"
+    for i in range(found):
+        chart = charts.nth(i)
+        axes = await chart.locator("g.role-axis").count()
+        marks = await chart.locator("g.role-mark > path, g.role-mark > text").count()
+        assert axes and marks, f"{name}: chart {i + 1} drew {axes} axes and {marks} marks"
 
 
 async def test_every_page_renders_its_data_in_chromium(
@@ -230,17 +271,21 @@ async def test_every_page_renders_its_data_in_chromium(
 async def _pages(page: Any, url: str, ids: dict[str, str], graph: dict[str, Any]) -> None:
     overview = ("Database: up", "Redis: up", "no live worker runs 'gpu'")
     await _show(page, url, name="overview", texts=overview, charts=5)
+    # .streamlit/config.toml (toolbarMode "viewer"): operators get no Deploy button.
+    assert await page.locator('[data-testid="stAppDeployButton"]').count() == 0
     await _show(page, f"{url}/tasks", name="task_queue", cells=(ids["running"], ids["stuck"]))
-    detail = ("input file missing", "Attempts (1)")
+    detail = ("input file missing", "Attempts (3)")
     await _show(
         page,
         f"{url}/task?task_id={ids['failed']}",
         name="task_detail",
         texts=detail,
         cells=("w-browser",),
+        charts=1,  # the attempts timeline
     )
-    await _show(page, f"{url}/workers", name="workers", cells=("w-browser",), charts=1)
-    await _show(page, f"{url}/history", name="history", cells=(ids["failed"],), charts=1)
+    await _show(page, f"{url}/workers", name="workers", cells=("w-browser",), charts=3)
+    # A run-time histogram per type that ran: echo, processing, analysis and fail.
+    await _show(page, f"{url}/history", name="history", cells=(ids["failed"],), charts=4)
     drawn = f"{len(graph['nodes'])} tasks, {len(graph['edges'])} edges"
     await _show(page, f"{url}/dag?task_id={ids['graph']}", name="dag", texts=(drawn,))
     for node in graph["nodes"]:
