@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from app.models.task import AttemptOutcome, TaskToRun
-from worker import builtin_tasks
+from app.services.message_queue import Claim
+from worker import builtin_tasks, worker_node
 from worker.task_executor import REGISTRY, TaskExecutor, task
 from worker.worker_node import WorkerNode, WorkerOptions
 
@@ -179,6 +180,26 @@ async def test_leases_lapse_for_an_overrun_attempt_a_blocked_loop_and_a_cut_off_
         assert node.held_leases() == [("t", "w#2")]
         node.last_contact = time.monotonic() - 2 * node.lease_seconds  # cut off from the API
         assert node.held_leases() == []
+    finally:
+        node.executor.shutdown()
+        await node.api.close()
+
+
+async def test_an_idle_worker_is_not_cut_off_between_heartbeats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle, a worker hears from the scheduler only at its heartbeats (30 s by default), longer
+    apart than a lease: with nothing to hold, that silence is no partition to report."""
+    errors: list[str] = []
+    monkeypatch.setattr(worker_node.log, "error", lambda event, **_: errors.append(event))
+    node = WorkerNode(WorkerOptions(worker_id="w", api_url="http://127.0.0.1:9"))
+    try:
+        node.last_contact = time.monotonic() - 2 * node.lease_seconds
+        assert node.held_leases() == []
+        assert errors == []
+        node.claimed["t"] = Claim("t", "dts:queue:echo", "0")  # it holds a claim, and heard from no one
+        assert node.held_leases() == []
+        assert errors == ["worker.cut_off"]
     finally:
         node.executor.shutdown()
         await node.api.close()

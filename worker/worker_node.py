@@ -117,15 +117,10 @@ class WorkerNode:
         if now - self.loop_beat > self.lease_seconds:
             log.error("worker.loop_blocked", seconds=round(now - self.loop_beat, 1))
             return []
-        if now - self.last_contact > self.lease_seconds:
-            # Cut off from the scheduler (a partition that spares Redis): nothing it runs here
-            # can be reported, so its tasks must go to workers that can.
-            log.error("worker.cut_off", seconds=round(now - self.last_contact, 1))
-            return []
         deadlines = dict(self.deadlines)
         attempts = [job for job, _handle in list(self.running.values())]
         ended = [*list(self.outbox.values()), *list(self.sending.values())]
-        return [
+        held = [
             *(
                 (j.task_id, lease_token(self.worker_id, j.attempt))
                 for j in attempts
@@ -134,6 +129,13 @@ class WorkerNode:
             *((r.task_id, lease_token(self.worker_id, r.attempt)) for r in ended),
             *((task_id, claim_token(self.worker_id)) for task_id in list(self.claimed)),
         ]
+        # An idle worker hears from nobody between heartbeats, and needs to: it holds nothing.
+        if held and now - self.last_contact > self.lease_seconds:
+            # Cut off from the scheduler (a partition that spares Redis): nothing it runs here
+            # can be reported, so its tasks must go to workers that can.
+            log.error("worker.cut_off", seconds=round(now - self.last_contact, 1))
+            return []
+        return held
 
     async def _beat(self) -> None:
         """Proof that the event loop runs, for the lease keeper's thread (see held_leases)."""
