@@ -197,7 +197,7 @@ async def test_an_idle_worker_is_not_cut_off_between_heartbeats(
         node.last_contact = time.monotonic() - 2 * node.lease_seconds
         assert node.held_leases() == []
         assert errors == []
-        node.claimed["t"] = Claim("t", "dts:queue:echo", "0")  # it holds a claim, and heard from no one
+        node.claimed["t"] = Claim("t", "dts:queue:echo", "0")  # holds a claim, heard from no one
         assert node.held_leases() == []
         assert errors == ["worker.cut_off"]
     finally:
