@@ -333,8 +333,12 @@ class WorkerNode:
         self.backoff = MIN_BACKOFF
         for report in reports:
             self.sending.pop(report.task_id, None)
+        cancelled = {r.task_id for r in reports if r.outcome == AttemptOutcome.CANCELLED}
         for task_id in answer.refused_reports:
-            log.warning("report.refused", task_id=task_id, reason="attempt superseded")
+            if task_id in cancelled:  # the cancel already ended the attempt: nothing went wrong
+                log.info("report.after_cancel", task_id=task_id)
+            else:
+                log.warning("report.refused", task_id=task_id, reason="attempt superseded")
         for claim in claims:
             self.claimed.pop(claim.task_id, None)
         for job in answer.started:

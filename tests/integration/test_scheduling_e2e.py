@@ -97,6 +97,14 @@ async def test_cancelling_a_running_task_stops_it_on_the_worker(
         await wait_for_status(http, "next", "completed")
         task = (await http.get("/api/tasks/victim")).json()
         assert [a["outcome"] for a in task["attempts"]] == ["cancelled"]
+    # A normal cancel is no warning on either side (the worker's confirmation comes after it).
+    await eventually(
+        lambda: _logged(worker.log.read_text(), "report.after_cancel"),
+        timeout=15,
+        what="the worker's confirmation of the cancel",
+    )
+    logs = worker.log.read_text() + (stack.api.log.read_text() if stack.api else "")
+    assert "report.refused" not in logs and "report.stale" not in logs
 
 
 async def _logged(text: str, needle: str) -> bool:
