@@ -69,7 +69,7 @@ async def test_an_interval_schedule_fires_each_time_once(
     assert await schedules.fire_due() == 1
     first, second = "every5:2026-12-01T02:00:05Z", "every5:2026-12-01T02:00:10Z"
     assert await task_ids(services) == [first, second]
-    task = (await services.scheduler._read(first)).model_dump()
+    task = (await services.scheduler.read(first)).model_dump()
     assert task["correlation_id"] == "schedule:every5"
     assert task["status"] == TaskStatus.PENDING
     assert await services.queue.queued_ids("report") != []

@@ -32,6 +32,7 @@ from app.models.logs import (
     SEQ_PER_ATTEMPT,
     LogStream,
     ShippedLine,
+    storable_message,
 )
 
 # While lines of a running attempt wait, the pump ships them at least this often.
@@ -138,7 +139,7 @@ class AttemptLog:
     def _keep(self, level: str, stream: LogStream, message: str, at: datetime) -> None:
         if self.closed:  # an abandoned thread handler still printing: its attempt is over
             return
-        message = _clean(message)
+        message = storable_message(message.rstrip("\r"))  # CR: of a CRLF line end
         for start in range(0, max(len(message), 1), MAX_LINE_CHARS):
             chunk = message[start : start + MAX_LINE_CHARS]
             size = len(chunk.encode()) + 1  # the newline: empty lines count too
@@ -162,16 +163,6 @@ class AttemptLog:
         )
         self.next_line += 1
         self.pending.append(line)
-
-
-def _clean(text: str) -> str:
-    """Storable text: no NUL (PostgreSQL refuses it), no lone surrogates (not UTF-8), no CR."""
-    text = text.rstrip("\r").replace("\x00", "\ufffd")
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode()
-    return text
 
 
 current: ContextVar[AttemptLog | None] = ContextVar("dts_attempt_log", default=None)

@@ -94,15 +94,15 @@ async def advance(
     return (await conn.execute(query)).first() is not None
 
 
-async def record_fires(conn: AsyncConnection, fires: Sequence[dict[str, Any]]) -> None:
-    """One row per handled fire time; the primary key refuses a fire time handled twice."""
-    if fires:
-        await conn.execute(insert(schedule_fires), list(fires))
-
-
-async def prune_fires(conn: AsyncConnection, schedule_id: str, *, keep: int) -> None:
-    """Keep a schedule's newest `keep` fires: the history is for people and for
+async def record_fires(
+    conn: AsyncConnection, schedule_id: str, fires: Sequence[dict[str, Any]], *, keep: int
+) -> None:
+    """One row per handled fire time (the primary key refuses a fire time handled twice), and
+    only the schedule's newest `keep` kept: the history is for people and for
     max_concurrent_runs; the tasks' own ids keep a fire time from firing twice."""
+    if not fires:
+        return
+    await conn.execute(insert(schedule_fires), list(fires))
     oldest_kept = (
         select(schedule_fires.c.fire_at)
         .where(schedule_fires.c.schedule_id == schedule_id)

@@ -21,11 +21,6 @@ from app.models.task import FINAL_STATUSES
 FINISHED = sorted(str(status) for status in FINAL_STATUSES)
 
 
-def _storable(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; the worker replaces it already, this guards the API.
-    return text.replace("\x00", "\ufffd")
-
-
 async def store(
     conn: AsyncConnection, lines: Sequence[ShippedLine], *, worker_id: str | None = None
 ) -> int:
@@ -49,7 +44,7 @@ async def store(
             "at": line.at,
             "level": line.level,
             "stream": str(line.stream),
-            "message": _storable(line.message),
+            "message": line.message,  # storable by construction (ShippedLine)
         }
         for line in lines
     ]

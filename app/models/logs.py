@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # How many lines one GET returns at most, and by default; a follower pages with `after`.
 LOGS_PAGE_DEFAULT = 1000
 LOGS_PAGE_MAX = 5000
+
+
+def storable_message(text: str) -> str:
+    """A line as both stores can hold it: no NUL (PostgreSQL refuses it), no lone surrogates
+    (not UTF-8). Workers apply it as they capture; the model applies it to what arrives."""
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode()
+    return text
 
 
 class LogStream(StrEnum):
@@ -58,7 +70,7 @@ class ShippedLine(BaseModel):
     at: datetime
     level: str = Field(max_length=MAX_LEVEL_CHARS)
     stream: LogStream
-    message: str = Field(max_length=MAX_LINE_CHARS)
+    message: Annotated[str, AfterValidator(storable_message)] = Field(max_length=MAX_LINE_CHARS)
 
     @property
     def seq(self) -> int:

@@ -140,16 +140,11 @@ class Scheduler:
     async def admit_resolved(self, batch: Sequence[NewTask]) -> list[tuple[TaskPublic, bool]]:
         now = self.clock()
         admitted = await self._admit(batch, now)
-        ready = [a.ready for a in admitted if a.ready is not None]
-        if ready:
-            await self._tell_redis(self.queue.enqueue(ready))
-        for new, outcome in zip(batch, admitted, strict=True):
-            if outcome.created:
-                monitoring.TASKS_SUBMITTED.labels(monitoring.task_type_label(new.task_type)).inc()
+        await self.announce(batch, admitted)
         log.info(
             "tasks.submitted",
             count=sum(a.created for a in admitted),
-            ready=len(ready),
+            ready=sum(a.ready is not None for a in admitted),
             task_ids=[n.task_id for n in batch[:10]],
         )
         # New tasks are answered from what was inserted; only resubmissions are read back.
@@ -203,7 +198,7 @@ class Scheduler:
             }
             await self._tell_redis(self.queue.publish_cancel(message))
         await self._tell_redis(self.queue.forget([task_id, *outcome.dependents]))
-        return await self._read(task_id)
+        return await self.read(task_id)
 
     async def retry(self, task_id: str, *, key_id: str | None = None) -> TaskPublic:
         """Re-run a failed or cancelled task by hand, with a fresh allowance of retries."""
@@ -214,9 +209,20 @@ class Scheduler:
         log.info("task.manual_retry", task_id=task_id, key_id=key_id)
         if ready is not None:
             await self._tell_redis(self.queue.enqueue([ready]))
-        return await self._read(task_id)
+        return await self.read(task_id)
 
-    async def _read(self, task_id: str) -> TaskPublic:
+    async def announce(self, batch: Sequence[NewTask], admitted: Sequence[Admitted]) -> None:
+        """After an admission committed (here, or in a caller's own transaction: schedules):
+        queue what is ready, Redis permitting (reconciliation catches up otherwise), and count
+        the tasks that were new."""
+        ready = [a.ready for a in admitted if a.ready is not None]
+        if ready:
+            await self._tell_redis(self.queue.enqueue(ready))
+        for new, outcome in zip(batch, admitted, strict=True):
+            if outcome.created:
+                monitoring.TASKS_SUBMITTED.labels(monitoring.task_type_label(new.task_type)).inc()
+
+    async def read(self, task_id: str) -> TaskPublic:
         async with self.db.transaction() as conn:
             task = await repo.get_task(conn, task_id)
         if task is None:

@@ -33,10 +33,9 @@ from app.models.schedule import (
     ScheduleTask,
     ScheduleUpdate,
 )
-from app.models.task import ReadyTask, TaskCreate, TaskPublic
+from app.models.task import TaskCreate, TaskPublic
 from app.services import schedule_times as when
 from app.services.scheduler import Scheduler, utcnow
-from app.utils import monitoring
 
 log = structlog.get_logger(__name__)
 # Schedules handled per tick; the most overdue first, the rest at the next tick.
@@ -217,14 +216,14 @@ class ScheduleService:
             spec = ScheduleTask.model_validate(row.task)
             task = self._task_for(schedule_id, spec, when.trigger_time_text(now), now)
             admitted = await admit(conn, [task], now=now)
-            await store.record_fires(conn, [_fire_row(schedule_id, Fire(now, task))])
-            await store.prune_fires(conn, schedule_id, keep=KEEP_FIRES)
-        await self._enqueue([a.ready for a in admitted if a.ready is not None])
+            fired = [_fire_row(schedule_id, Fire(now, task))]
+            await store.record_fires(conn, schedule_id, fired, keep=KEEP_FIRES)
+        await self.scheduler.announce([task], admitted)
         log.info("schedule.triggered", schedule_id=schedule_id, task_id=task.task_id)
         stored = admitted[0].row
         if stored is not None:
             return repo.to_public(stored, [])
-        return await self._read_task(task.task_id)
+        return await self.scheduler.read(task.task_id)
 
     # --- the leader's step ----------------------------------------------------------------------
 
@@ -287,13 +286,10 @@ class ScheduleService:
                 admitted = await admit(conn, tasks, now=now)
             except AdmissionError as exc:
                 raise FireRefused(made[exc.index].at, str(exc)) from exc
-            await store.record_fires(conn, [_fire_row(row.schedule_id, f) for f in fires])
-            await store.prune_fires(conn, row.schedule_id, keep=KEEP_FIRES)
-        await self._enqueue([a.ready for a in admitted if a.ready is not None])
+            fired = [_fire_row(row.schedule_id, f) for f in fires]
+            await store.record_fires(conn, row.schedule_id, fired, keep=KEEP_FIRES)
+        await self.scheduler.announce(tasks, admitted)
         created = sum(a.created for a in admitted)
-        monitoring.TASKS_SUBMITTED.labels(monitoring.task_type_label(row.task["task_type"])).inc(
-            created
-        )
         log.info(
             "schedule.fired",
             schedule_id=row.schedule_id,
@@ -346,22 +342,6 @@ class ScheduleService:
         (defaults, payload limit: AdmissionError)."""
         body = TaskCreate(task_id=f"{schedule_id}:{stamp}", **spec.model_dump())
         return self.scheduler.resolve(0, body, correlation_id(schedule_id), now)
-
-    async def _enqueue(self, ready: list[ReadyTask]) -> None:
-        """Tell Redis after the commit; if it is down, reconciliation queues the tasks later."""
-        if not ready:
-            return
-        try:
-            await self.scheduler.queue.enqueue(ready)
-        except (RedisError, OSError) as exc:
-            self.scheduler.redis_behind = True
-            log.warning("redis.deferred", error=str(exc))
-
-    async def _read_task(self, task_id: str) -> TaskPublic:
-        async with self.db.read() as conn:
-            task = await repo.get_task(conn, task_id)
-        assert task is not None
-        return task
 
 
 def _cadence_changed(row: Row[Any], changes: dict[str, Any]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import httpx
 from app.utils.embedded_servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+HAPROXY_CONFIG = ROOT / "deploy/haproxy/haproxy.cfg"
 FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -177,3 +179,14 @@ async def wait_for_status(
         return bool((await http.get(f"/api/tasks/{task_id}")).json()["status"] == status)
 
     await eventually(reached, timeout=timeout, what=f"task {task_id} to be {status}")
+
+
+def balancer_config(servers: dict[str, str], bind: str = ":8000") -> str:
+    """The shipped HAProxy configuration with these servers (name: host:port) instead of
+    Docker's DNS discovery, listening on `bind`: what the balancer tests run."""
+    lines = "\n".join(f"    server {name} {address} check" for name, address in servers.items())
+    text = re.sub(r"^\s*server-template .*$", lines, HAPROXY_CONFIG.read_text(), flags=re.M)
+    text = re.sub(r"^resolvers docker\n(?:    .*\n)+", "", text, flags=re.M)
+    text = text.replace("bind :8000", f"bind {bind}")
+    assert lines in text and f"bind {bind}" in text
+    return text

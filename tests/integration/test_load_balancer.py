@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.utils.embedded_servers import PostgresServer, free_port
-from tests.integration.harness import ROOT, Proc, Stack, eventually
+from tests.integration.harness import Proc, Stack, balancer_config, eventually
 
 HAPROXY = shutil.which("haproxy")
 pytestmark = [
@@ -30,19 +30,6 @@ pytestmark = [
 ]
 SUBMITTED = re.compile(r'^dts_tasks_submitted_total\{task_type="echo"\} (\S+)$', re.M)
 LEADER_BOUND = 10.0  # lock TTL (2 s here) + a sweep, with room for a loaded CI machine
-
-
-def balancer_config(replica_ports: list[int], listen_port: int) -> str:
-    """The shipped configuration with the replicas of this test instead of Docker's DNS."""
-    shipped = (ROOT / "deploy/haproxy/haproxy.cfg").read_text()
-    servers = "\n".join(
-        f"    server api{i} 127.0.0.1:{port} check" for i, port in enumerate(replica_ports)
-    )
-    text = re.sub(r"^\s*server-template .*$", servers, shipped, flags=re.M)
-    text = re.sub(r"^resolvers docker\n(?:    .*\n)+", "", text, flags=re.M)
-    text = text.replace("bind :8000", f"bind 127.0.0.1:{listen_port}")
-    assert servers in text and f"127.0.0.1:{listen_port}" in text
-    return text
 
 
 class Replicas:
@@ -111,7 +98,8 @@ async def balanced(stack: Stack, postgres: PostgresServer | None) -> Replicas:
     await replicas.start(1)
     stack.api_port = free_port()  # the stack's API address, used by its workers, is the balancer
     config = stack.tmp / "haproxy.cfg"
-    config.write_text(balancer_config(replicas.ports, stack.api_port))
+    servers = {f"api{i}": f"127.0.0.1:{port}" for i, port in enumerate(replicas.ports)}
+    config.write_text(balancer_config(servers, bind=f"127.0.0.1:{stack.api_port}"))
     assert HAPROXY is not None
     stack._spawn("haproxy", [HAPROXY, "-db", "-f", str(config)])
     await eventually(lambda: _ready(stack.api_url), timeout=30, what="the balancer to route")

@@ -23,7 +23,7 @@ import orjson
 import psutil
 
 from app.utils.embedded_servers import PostgresServer, ValkeyServer, free_port
-from tests.integration.harness import ROOT, Proc, Stack, eventually
+from tests.integration.harness import Proc, Stack, balancer_config, eventually
 from tests.multihost.world import Hosts
 
 API_PORT = 8000
@@ -134,14 +134,9 @@ class Cluster:
         assert self.stack is not None
         haproxy = shutil.which("haproxy")
         assert haproxy, "needs haproxy"
-        shipped = (ROOT / "deploy/haproxy/haproxy.cfg").read_text()
-        servers = "\n".join(
-            f"    server {name} {self.hosts[name].ip}:{API_PORT} check" for name in self.api_names
-        )
-        config = re.sub(r"^\s*server-template .*$", servers, shipped, flags=re.M)
-        config = re.sub(r"^resolvers docker\n(?:    .*\n)+", "", config, flags=re.M)
+        servers = {name: f"{self.hosts[name].ip}:{API_PORT}" for name in self.api_names}
         path = self.tmp / "haproxy.cfg"
-        path.write_text(config)
+        path.write_text(balancer_config(servers))
         inside = self.hosts["lb"].exec_prefix
         self.stack._spawn("haproxy", [*inside, haproxy, "-db", "-f", str(path)])
 
