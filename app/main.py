@@ -141,6 +141,8 @@ def build_services(app: FastAPI, settings: Settings) -> None:
     admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
     app.state.rate_limiter = RateLimiter(redis, settings)
     app.state.keys = KeyStore(db, cache_seconds=settings.api_key_cache_seconds, admin_key=admin_key)
+    # Asked on every request; working it out reads uvicorn's command line.
+    app.state.auth_enforced = settings.auth_enforced
 
 
 @asynccontextmanager

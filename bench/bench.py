@@ -143,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--worker-transport",
-        choices=["auto", "http", "direct"],
-        default="auto",
-        help="where workers run their transitions: through the API (http) or in process "
-        "against the database (direct); auto: direct on PostgreSQL, http on SQLite",
+        choices=["direct", "http"],
+        default="direct",
+        help="where workers run their transitions: in process against the database (direct, "
+        "the recommended set-up on both stores) or through the API (http)",
     )
     p.add_argument("--concurrency", type=_positive_int, default=32, help="HTTP requests in flight")
     p.add_argument("--batch-size", type=_positive_int, default=500)
@@ -390,10 +390,7 @@ class Stack:
 
     def _worker_env(self) -> dict[str, str]:
         env = self._env()
-        transport = self.opts.worker_transport
-        if transport == "auto":
-            transport = "direct" if self.database_url.startswith("postgresql") else "http"
-        if transport == "direct":
+        if self.opts.worker_transport == "direct":
             env["WORKER_DATABASE_URL"] = self.database_url
         return env
 

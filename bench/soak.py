@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-wait", type=float, default=10.0, help="see bench.py")
     p.add_argument("--workers", type=bench._positive_int, default=2)
     p.add_argument("--worker-slots", type=bench._positive_int, default=10)
-    p.add_argument("--worker-transport", choices=["auto", "http", "direct"], default="auto")
+    p.add_argument("--worker-transport", choices=["direct", "http"], default="direct")
     p.add_argument("--batch-size", type=bench._positive_int, default=500)
     p.add_argument("--batch-concurrency", type=bench._positive_int, default=2)
     p.add_argument("--pg-fsync", choices=["on", "off"], default="on")

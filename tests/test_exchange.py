@@ -204,3 +204,21 @@ async def test_a_worker_confirming_a_cancel_is_not_a_stale_report(
     assert ("report.after_cancel", "info", "c1") in recorder.lines
     assert ("report.stale", "warning", "s1") in recorder.lines  # a duplicate is a warning
     assert ("report.stale", "warning", "c1") not in recorder.lines
+
+
+async def test_a_start_says_which_tasks_have_dependencies(services: Services) -> None:
+    # The dependency-results query is skipped for tasks without dependencies; a task that has
+    # none must not be taken for one just because other tasks in the store have some.
+    await submit(services, "root", "free")
+    await submit(services, "child", dependencies=["root"])
+    now = datetime.now(UTC)
+    async with services.db.transaction() as conn:
+        rows = await transitions.start(
+            conn, ["root", "free"], worker_id="w1", now=now, lease_until=now
+        )
+    assert {r.task_id: r.has_dependencies for r in rows} == {"root": False, "free": False}
+    answer = await services.scheduler.exchange("w1", [done("root", 1, {"r": 1})], [])
+    assert answer.accepted == ["root"]
+    async with services.db.transaction() as conn:
+        rows = await transitions.start(conn, ["child"], worker_id="w1", now=now, lease_until=now)
+    assert [(r.task_id, r.has_dependencies) for r in rows] == [("child", True)]

@@ -88,3 +88,21 @@ async def test_a_duplicate_key_fails_only_its_own_transaction(db: Database) -> N
     outcomes = await asyncio.gather(write(db, "taken"), write(db, "fresh"), return_exceptions=True)
     assert outcomes[1] is None and outcomes[0] is not None
     assert await stored_ids(db) == ["fresh", "taken"]
+
+
+async def test_a_failing_first_member_undoes_only_its_own_work(db: Database) -> None:
+    # The first member of a group runs without a savepoint; its failure rolls the transaction
+    # back, and those queued behind it start a fresh one.
+    outcomes = await asyncio.gather(
+        write(db, "first", fail=True),
+        write(db, "second"),
+        write(db, "third"),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], RuntimeError)
+    assert outcomes[1] is None and outcomes[2] is None
+    assert await stored_ids(db) == ["second", "third"]
+    await write(db, "alone")
+    with pytest.raises(RuntimeError):
+        await write(db, "alone and failing", fail=True)
+    assert await stored_ids(db) == ["alone", "second", "third"]

@@ -46,7 +46,7 @@ async def caller(request: Request, credentials: BearerDep, api_key: ApiKeyDep) -
     """The key's caller, the anonymous caller (no key, keys not required), or a 401."""
     key = credentials.credentials if credentials is not None else api_key
     if not key:
-        if request.app.state.settings.auth_enforced:
+        if request.app.state.auth_enforced:
             raise unauthorized("an API key is required (Authorization: Bearer <key>)")
         if _proxied(request):
             # A loopback API behind a reverse proxy is not local: it is as exposed as the proxy.

@@ -2,8 +2,8 @@
 
 FastAPI turns a returned model into a dict, validates that against the response model and
 serialises the result; for a model that is already valid that is most of a request's cost. The
-hot routes (submit, the worker exchange) declare `response_model` for the OpenAPI schema and
-return the model's own JSON instead, which FastAPI passes through untouched."""
+hot routes (submit, the worker exchange, reading tasks) declare `response_model` for the OpenAPI
+schema and return the model's own JSON instead, which FastAPI passes through untouched."""
 
 from __future__ import annotations
 

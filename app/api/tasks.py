@@ -81,15 +81,15 @@ async def submit_batch(
     return TaskBatchResult(tasks=[t for t, _ in admitted], created=sum(c for _, c in admitted))
 
 
-@router.get("/{task_id}", dependencies=READ)
-async def get_task(task_id: str, db: DatabaseDep) -> TaskPublic:
+@router.get("/{task_id}", dependencies=READ, response_model=TaskPublic)
+async def get_task(task_id: str, db: DatabaseDep) -> Response:
     """A task with its attempts, dependencies and dependents."""
     async with db.read() as conn:
         task = await repo.get_task(conn, task_id)
         if task is None:
             raise not_found("task", task_id)
         task.dependents = await repo.list_dependents(conn, task_id)
-    return task
+    return json_response(task)
 
 
 class TaskListPage(TaskList):
@@ -99,7 +99,7 @@ class TaskListPage(TaskList):
     next_cursor: str | None
 
 
-@router.get("", dependencies=READ)
+@router.get("", dependencies=READ, response_model=TaskListPage)
 async def list_tasks(
     db: DatabaseDep,
     status_: Annotated[TaskStatus | None, Query(alias="status")] = None,
@@ -108,7 +108,7 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
-) -> TaskListPage:
+) -> Response:
     """Newest first, by offset or by keyset: pass a page's `next_cursor` as `cursor` for the
     next one, which costs the same however deep it is. `total` counts the matching tasks exactly
     up to 10,000 past the offset; beyond that `total_exact` is false and more than `total` match
@@ -121,7 +121,7 @@ async def list_tasks(
     async with db.read() as conn:
         page = await repo.list_tasks(conn, where, limit=limit, offset=offset, after=after)
     last = page.tasks[-1] if page.more else None
-    return TaskListPage(
+    answer = TaskListPage(
         tasks=page.tasks,
         total=page.total,
         limit=limit,
@@ -129,6 +129,7 @@ async def list_tasks(
         total_exact=page.total_exact,
         next_cursor=None if last is None else encode_cursor(last.created_at, last.task_id),
     )
+    return json_response(answer)
 
 
 @router.post("/{task_id}/cancel", responses={409: {"description": "the task already finished"}})

@@ -16,6 +16,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from app.database import sqlite_driver
+
 READ_ONLY = "dts_read_only"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -43,7 +45,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         read_only = conn.get_execution_options().get(READ_ONLY)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if read_only else sqlite_driver.WRITE_BEGIN)
 
 
 class GroupCommit:
@@ -51,8 +53,9 @@ class GroupCommit:
 
     SQLite commits one transaction at a time, and with synchronous=FULL every commit waits for an
     fsync (milliseconds on most disks), so one commit per request caps a process at a few hundred
-    writes per second however small they are. Here each transaction runs alone in a savepoint of
-    the open transaction (a failure rolls back only its own work), and one COMMIT, made when
+    writes per second however small they are. Here each transaction joins the open one (in a
+    savepoint when others' work is already in it: a failure rolls back only its own), and one
+    COMMIT, made when
     nobody else is waiting or the group is full, makes the whole group durable. A member returns
     only after that commit: "2xx means durable" holds. (PostgreSQL groups commits of concurrent
     connections by itself, so it does not go through here.)"""
@@ -78,13 +81,8 @@ class GroupCommit:
         committed: asyncio.Future[None] | None = None
         try:
             conn = await self._open()
-            savepoint = await conn.begin_nested()
-            try:
+            async with self._undo_on_failure(conn):
                 yield conn
-            except BaseException:
-                await savepoint.rollback()
-                raise
-            await savepoint.commit()
             committed = asyncio.get_running_loop().create_future()
             self.members.append(committed)
         finally:
@@ -95,6 +93,26 @@ class GroupCommit:
                 self.lock.release()
         assert committed is not None  # a failed member re-raised above
         await committed
+
+    @asynccontextmanager
+    async def _undo_on_failure(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """A failed member's work is undone, and only its own: in a savepoint when the group
+        already holds others' work; alone in the transaction, by rolling that back, which
+        saves the two statements of a savepoint on every uncontended write."""
+        if not self.members:
+            try:
+                yield
+            except BaseException:
+                await conn.rollback()
+                raise
+            return
+        savepoint = await conn.begin_nested()
+        try:
+            yield
+        except BaseException:
+            await savepoint.rollback()
+            raise
+        await savepoint.commit()
 
     def _should_commit(self) -> bool:
         if self.conn is None or not self.members:
@@ -154,13 +172,20 @@ class Database:
             "pool_pre_ping": False,
             "hide_parameters": True,
         }
-        if not self.is_sqlite:
+        if self.is_sqlite:
+            options["async_creator"] = self._connect_sqlite
+        else:
             options |= {"pool_size": pool_size, "max_overflow": pool_size // 2}
         self.engine = create_async_engine(url, **options)
         self.group: GroupCommit | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             self.group = GroupCommit(self.engine)
+
+    async def _connect_sqlite(self) -> sqlite_driver.OneTripConnection:
+        # The arguments SQLAlchemy itself would pass (path, URL query options).
+        [database], kwargs = self.engine.sync_engine.dialect.create_connect_args(self.engine.url)
+        return await sqlite_driver.connect(database, **kwargs)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:

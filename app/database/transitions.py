@@ -14,12 +14,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    Boolean,
     Text,
     any_,
     bindparam,
-    exists,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -78,21 +79,8 @@ async def start(
     whose answer was lost and is asked again must not turn the worker's own attempt away."""
     if not task_ids:
         return []
-    rows = list(
-        await conn.execute(
-            update(tasks)
-            .where(_one_of(conn, task_ids), *_startable(now))
-            .values(
-                status=R,
-                attempt=tasks.c.attempt + 1,
-                worker_id=worker_id,
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=lease_until,
-            )
-            .returning(*STARTED)
-        )
-    )
+    values = {"ids": list(task_ids), "by": worker_id, "at": now, "lease_until": lease_until}
+    rows = list(await conn.execute(_start_statement(_dialect(conn)), values))
     if len(rows) < len(task_ids):
         rows += await _already_running(conn, task_ids, {r.task_id for r in rows}, worker_id)
     return rows
@@ -110,30 +98,42 @@ TO_RUN = (
 )
 
 
-def _one_of(conn: AsyncConnection, task_ids: Sequence[str]) -> ColumnElement[bool]:
-    """task_id among `task_ids`. On PostgreSQL the ids travel as one array, so the statement's
-    text is the same for every batch size and is prepared once per connection (IN with a list
-    renders one parameter per id: a new statement for each size)."""
-    if _dialect(conn) == "postgresql":
-        ids = bindparam("ids", list(task_ids), type_=ARRAY(Text))
-        return tasks.c.task_id == any_(ids)
-    return tasks.c.task_id.in_(task_ids)
-
-
-def _startable(now: datetime) -> list[ColumnElement[bool]]:
-    """Pending, no open dependency, and due: a stray queue entry of a task waiting out its
-    backoff or its scheduled time must not start it early."""
+@functools.lru_cache(maxsize=2)
+def _start_statement(dialect: str) -> Any:
+    """The statement of `start`, built once per dialect. Startable: pending, no open dependency,
+    and due (a stray queue entry of a task waiting out its backoff or its scheduled time must
+    not start it early). On PostgreSQL the ids travel as one array, so the statement's text is
+    the same for every batch size and is prepared once per connection (IN with a list renders
+    one parameter per id: a new statement for each size)."""
+    if dialect == "postgresql":
+        claimed = tasks.c.task_id == any_(bindparam("ids", type_=ARRAY(Text)))
+    else:
+        claimed = tasks.c.task_id.in_(bindparam("ids", expanding=True))
+    now = bindparam("at", type_=tasks.c.updated_at.type)
     due = or_(tasks.c.scheduled_at.is_(None), tasks.c.scheduled_at <= now)
-    return [tasks.c.status == P, tasks.c.remaining_dependencies == 0, due]
+    return (
+        update(tasks)
+        .where(claimed, tasks.c.status == P, tasks.c.remaining_dependencies == 0, due)
+        .values(
+            status=R,
+            attempt=tasks.c.attempt + 1,
+            worker_id=bindparam("by"),
+            started_at=now,
+            updated_at=now,
+            lease_expires_at=bindparam("lease_until", type_=tasks.c.updated_at.type),
+        )
+        .returning(*STARTED)
+    )
 
 
 # `has_dependencies` saves the dependency-results query for the common task that has none.
+# Literal SQL: SQLite's RETURNING renders columns unqualified, and a correlated subquery built
+# from the tables came out as `task_id = task_id`, true for every task once any had a dependency.
 STARTED = (
     *TO_RUN,
-    exists()
-    .where(dependencies.c.task_id == tasks.c.task_id)
-    .correlate(tasks)
-    .label("has_dependencies"),
+    literal_column(
+        "EXISTS (SELECT 1 FROM task_dependencies AS d WHERE d.task_id = tasks.task_id)", Boolean
+    ).label("has_dependencies"),
 )
 
 
@@ -417,16 +417,6 @@ async def end_attempts(conn: AsyncConnection, ended: Sequence[Ended], *, now: da
     completed: the history of a finished attempt is never rewritten."""
     if not ended:
         return
-    statement = (sqlite_insert if _dialect(conn) == "sqlite" else pg_insert)(attempts)
-    statement = statement.on_conflict_do_update(
-        index_elements=[attempts.c.task_id, attempts.c.attempt],
-        set_={
-            "outcome": statement.excluded.outcome,
-            "error": statement.excluded.error,
-            "ended_at": statement.excluded.ended_at,
-        },
-        where=attempts.c.outcome == AttemptOutcome.RUNNING,
-    )
     rows = [
         {
             "task_id": e.task_id,
@@ -439,7 +429,22 @@ async def end_attempts(conn: AsyncConnection, ended: Sequence[Ended], *, now: da
         }
         for e in ended
     ]
-    await conn.execute(statement, rows)
+    await conn.execute(_end_attempts_statement(_dialect(conn)), rows)
+
+
+@functools.lru_cache(maxsize=2)
+def _end_attempts_statement(dialect: str) -> Any:
+    """Built once per dialect: building `excluded` anew cost more than running the insert."""
+    statement = (sqlite_insert if dialect == "sqlite" else pg_insert)(attempts)
+    return statement.on_conflict_do_update(
+        index_elements=[attempts.c.task_id, attempts.c.attempt],
+        set_={
+            "outcome": statement.excluded.outcome,
+            "error": statement.excluded.error,
+            "ended_at": statement.excluded.ended_at,
+        },
+        where=attempts.c.outcome == AttemptOutcome.RUNNING,
+    )
 
 
 # Per-row values of a set-based statement travel as one array per column on PostgreSQL (a

@@ -1,6 +1,7 @@
 """What a JSON value must be for both stores to hold it exactly, checked before anything is
 written: PostgreSQL text and JSONB cannot hold a NUL character (\\u0000); integers beyond 64 bits
-do not survive the JSON encoder (orjson) nor SQLite's JSON functions; NaN and Infinity are not
+do not survive the JSON encoder (orjson) nor SQLite's JSON functions, and JSONB turns numbers that
+large into integers; NaN and Infinity are not
 JSON; and a document nested deeper than the encoders' recursion limits cannot be written back.
 
 The limits are constants, not settings: the worker builds its reports with the same models, so
@@ -39,6 +40,10 @@ def _scalar_problem(value: Any) -> str | None:
         return "is an integer outside the signed 64-bit range"
     if isinstance(value, float) and not math.isfinite(value):
         return "is not a finite number"
+    if isinstance(value, float) and not MIN_JSON_INT <= value <= MAX_JSON_INT:
+        # PostgreSQL's JSONB gives 1e20 back as the integer 100000000000000000000, which then
+        # falls foul of the integer limit above wherever it is read.
+        return "is a number outside the signed 64-bit range"
     return None
 
 
@@ -53,7 +58,7 @@ def _storable(value: Any, depth: int, max_depth: int) -> bool:
     if kind is int:
         return bool(MIN_JSON_INT <= value <= MAX_JSON_INT)
     if kind is float:
-        return math.isfinite(value)
+        return math.isfinite(value) and MIN_JSON_INT <= value <= MAX_JSON_INT
     if value is None or kind is bool:
         return True
     # Subclasses (IntEnum, OrderedDict, ...): the walk below sorts them out.

@@ -46,9 +46,14 @@ async def all_final(http: httpx.AsyncClient, expected: int) -> bool:
     return bool(total == expected and pending == 0 and running == 0)
 
 
-async def test_seed_example_and_a_few_hundred_mixed_tasks(stack: Stack) -> None:
+@pytest.mark.parametrize("transport", ["http", "in the worker"])
+async def test_seed_example_and_a_few_hundred_mixed_tasks(stack: Stack, transport: str) -> None:
+    """Both transports (docs/architecture.md): exchanges through the API, and workers running
+    their transitions on the SQLite file themselves (`--database-url`), side by side with the
+    API's own writes."""
     await stack.start_api()
-    workers = [stack.start_worker(f"worker-{i}") for i in (1, 2)]
+    options = ("--database-url", stack.database_url) if transport != "http" else ()
+    workers = [stack.start_worker(f"worker-{i}", *options) for i in (1, 2)]
     await stack.wait_for_workers("worker-1", "worker-2")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
         seed = await http.post(
@@ -106,6 +111,8 @@ async def test_seed_example_and_a_few_hundred_mixed_tasks(stack: Stack) -> None:
 
     # The correlation id of the submitting request follows the task into the worker's log.
     assert any("seed-corr-1" in w.log.read_text() for w in workers)
+    used = "HttpTransport" if transport == "http" else "LocalTransport"
+    assert all(f'"transport": "{used}"' in w.log.read_text() for w in workers)
 
 
 async def _all_tasks(http: httpx.AsyncClient, status: str) -> list[dict[str, Any]]:
