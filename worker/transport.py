@@ -113,14 +113,10 @@ class ServerClock:
         return datetime.now(UTC) + self.offset
 
     async def sync(self) -> None:
-        """Read the server's clock again when the last reading is old; half the round trip
-        stands for the time the server read its clock."""
+        """Read the server's clock again when the last reading is old."""
         if self.read_at is not None and time.monotonic() - self.read_at < self.REFRESH_SECONDS:
             return
-        before = datetime.now(UTC)
-        server = await self.db.server_time()
-        after = datetime.now(UTC)
-        self.offset = server - (before + (after - before) / 2)
+        self.offset = await self.db.clock_offset()
         self.read_at = time.monotonic()
 
 
