@@ -55,10 +55,9 @@ class GroupCommit:
     fsync (milliseconds on most disks), so one commit per request caps a process at a few hundred
     writes per second however small they are. Here each transaction joins the open one (in a
     savepoint when others' work is already in it: a failure rolls back only its own), and one
-    COMMIT, made when
-    nobody else is waiting or the group is full, makes the whole group durable. A member returns
-    only after that commit: "2xx means durable" holds. (PostgreSQL groups commits of concurrent
-    connections by itself, so it does not go through here.)"""
+    COMMIT, made when nobody else is waiting or the group is full, makes the whole group durable.
+    A member returns only after that commit: "2xx means durable" holds. (PostgreSQL groups
+    commits of concurrent connections by itself, so it does not go through here.)"""
 
     MAX_MEMBERS = 200
     MAX_OPEN_SECONDS = 0.01  # bounds the wait of the group's first member
@@ -106,13 +105,8 @@ class GroupCommit:
                 await conn.rollback()
                 raise
             return
-        savepoint = await conn.begin_nested()
-        try:
+        async with conn.begin_nested():  # released on success, rolled back on failure
             yield
-        except BaseException:
-            await savepoint.rollback()
-            raise
-        await savepoint.commit()
 
     def _should_commit(self) -> bool:
         if self.conn is None or not self.members:

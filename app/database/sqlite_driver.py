@@ -87,7 +87,8 @@ def _run(
             writers.give_back()
 
 
-def _end(conn: sqlite3.Connection, writers: WriterQueue | None, end: Callable[[], None]) -> None:
+def _end(writers: WriterQueue | None, end: Callable[[], None]) -> None:
+    """In the connection's thread: COMMIT or ROLLBACK, and the write lock goes to the next."""
     try:
         end()
     finally:
@@ -170,7 +171,7 @@ class OneTripConnection(aiosqlite.Connection):
         if self.begin_due is not None:  # nothing ran in the transaction: nothing to end
             self.begin_due = None
             return
-        await self._in_thread(lambda: _end(self._conn, self.writers, end))
+        await self._in_thread(lambda: _end(self.writers, end))
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         result: T = await self._execute(fn)  # type: ignore[no-untyped-call]

@@ -223,7 +223,7 @@ class Scheduler:
                 monitoring.TASKS_SUBMITTED.labels(monitoring.task_type_label(new.task_type)).inc()
 
     async def read(self, task_id: str) -> TaskPublic:
-        async with self.db.transaction() as conn:
+        async with self.db.read() as conn:
             task = await repo.get_task(conn, task_id)
         if task is None:
             raise transitions.UnknownTask(task_id)
