@@ -25,7 +25,6 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
@@ -36,6 +35,7 @@ from app.database.tables import (
     dependencies,
     task_events,
     tasks,
+    upsert_into,
     workers,
 )
 from app.models.task import AttemptOutcome, AttemptPublic, TaskEvent, TaskPublic, TaskStatus
@@ -528,8 +528,7 @@ def to_public(row: Row[Any] | dict[str, Any], deps: list[str] | None) -> TaskPub
 
 async def register_worker(conn: AsyncConnection, values: dict[str, Any]) -> WorkerPublic:
     """Insert or refresh a worker (a restarted worker keeps its id)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(workers).values(**values)
+    statement = upsert_into(conn.dialect.name, workers).values(**values)
     updates = {k: statement.excluded[k] for k in values if k not in ("worker_id", "registered_at")}
     row = (
         await conn.execute(

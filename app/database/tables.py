@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -290,3 +291,10 @@ class ScheduleFireRow(Base):
 
 schedules = cast(Table, ScheduleRow.__table__)
 schedule_fires = cast(Table, ScheduleFireRow.__table__)
+
+
+def upsert_into(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of `dialect` ("postgresql" or "sqlite"), the two with ON CONFLICT clauses."""
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Exists, and_, delete, exists, select, tuple_
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.database.tables import attempts, dependencies, task_logs, tasks
+from app.database.tables import attempts, dependencies, task_logs, tasks, upsert_into
 from app.models.logs import SEQ_PER_ATTEMPT, LogLine, LogStream, ShippedLine
 from app.models.task import FINAL_STATUSES
 
@@ -32,8 +30,7 @@ async def store(
         lines = await _ran_by(conn, lines, worker_id)
     if not lines:
         return 0
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
-    statement = insert(task_logs).on_conflict_do_nothing(
+    statement = upsert_into(conn.dialect.name, task_logs).on_conflict_do_nothing(
         index_elements=[task_logs.c.task_id, task_logs.c.seq]
     )
     rows = [

@@ -27,14 +27,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import TextualSelect
 
-from app.database.tables import attempts, dependencies, tasks
+from app.database.tables import attempts, dependencies, tasks, upsert_into
 from app.models.task import FINAL_STATUSES, AttemptOutcome, ReadyTask, TaskStatus
 from app.services import retry_policy
 from app.services.retry_policy import RetryPolicy
@@ -435,7 +433,7 @@ async def end_attempts(conn: AsyncConnection, ended: Sequence[Ended], *, now: da
 @functools.lru_cache(maxsize=2)
 def _end_attempts_statement(dialect: str) -> Any:
     """Built once per dialect: building `excluded` anew cost more than running the insert."""
-    statement = (sqlite_insert if dialect == "sqlite" else pg_insert)(attempts)
+    statement = upsert_into(dialect, attempts)
     return statement.on_conflict_do_update(
         index_elements=[attempts.c.task_id, attempts.c.attempt],
         set_={

@@ -60,7 +60,8 @@ class WorkerManager:
         return found
 
     async def list_all(self) -> list[WorkerPublic]:
-        async with self.db.transaction() as conn:
+        # A read transaction: on SQLite a write one would queue behind the writers to read.
+        async with self.db.read() as conn:
             return await repo.list_workers(conn)
 
     async def live_capabilities(self) -> set[str]:
