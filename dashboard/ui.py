@@ -56,8 +56,18 @@ def _durations(base_url: str, minutes: int) -> dict[str, Any]:
     return _client_for(base_url).durations(minutes=minutes)
 
 
+@st.cache_data(ttl=SHARED_TTL_SECONDS, show_spinner=False)
+def _schedules(base_url: str) -> list[dict[str, Any]]:
+    return _client_for(base_url).schedules()
+
+
 def overview() -> dict[str, Any]:
     return _overview(api_url())
+
+
+def schedules() -> list[dict[str, Any]]:
+    """Every schedule with its last fires: read by the overview on every refresh, so shared."""
+    return _schedules(api_url())
 
 
 def timeseries(minutes: int, bucket_seconds: int) -> dict[str, Any]:

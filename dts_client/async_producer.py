@@ -11,14 +11,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from app.models.task import TaskBatchResult, TaskPublic
+from app.models.task import TaskCreate, TaskPublic
 from dts_client import operations as ops
-from dts_client.producer import PENDING_BATCHES, ProducerClosed
+from dts_client.producer import PENDING_BATCHES, ProducerClosed, settle
 
 if TYPE_CHECKING:
     from dts_client.aio import AsyncClient
 
-Item = tuple[dict[str, Any], "asyncio.Future[TaskPublic]"]
+Item = tuple[TaskCreate, "asyncio.Future[TaskPublic]"]
 
 
 class AsyncProducer:
@@ -76,7 +76,7 @@ class AsyncProducer:
             scheduled_at=scheduled_at,
         )
         future: asyncio.Future[TaskPublic] = asyncio.get_running_loop().create_future()
-        await self._queue.put((ops.spec_json(spec), future))
+        await self._queue.put((spec, future))
         return future
 
     async def flush(self) -> None:
@@ -111,17 +111,13 @@ class AsyncProducer:
             batch.append(self._queue.get_nowait())
 
     async def _send(self, batch: list[Item]) -> None:
+        futures = [future for _, future in batch]
         try:
-            body = ops.encode({"tasks": [spec for spec, _ in batch]})
-            call = ops.Call("POST", "/api/tasks/batch", body=body)
-            answer = await self._client._driver.send(call)
-            tasks = TaskBatchResult.model_validate_json(answer).tasks
+            tasks = await self._client._driver.run(ops.submit_many([spec for spec, _ in batch]))
         except Exception as exc:  # every future must learn the outcome, whatever it is
-            for _, future in batch:
-                future.set_exception(exc)
+            settle(futures, exc)
         else:
-            for (_, future), task in zip(batch, tasks, strict=True):
-                future.set_result(task)
+            settle(futures, tasks)
         finally:
             self._in_flight.release()
             for _ in batch:

@@ -48,12 +48,19 @@ def resolve(
 ) -> Endpoint:
     """The endpoint from the arguments, else API_URL / API_KEY from the environment, else from
     `.env` in the working directory. An empty API_KEY means no key."""
-    file = read_dotenv(dotenv or Path.cwd() / ".env")
+    file: dict[str, str] | None = None
 
     def pick(given: str | None, name: str) -> str | None:
+        nonlocal file
         if given is not None:
             return given
-        return os.environ.get(name, file.get(name))
+        if name in os.environ:
+            return os.environ[name]
+        # Read only when a value is missing: a client given both, or run with both in the
+        # environment, does not touch the disk.
+        if file is None:
+            file = read_dotenv(dotenv or Path.cwd() / ".env")
+        return file.get(name)
 
     given = pick(api_url, "API_URL") or DEFAULT_API_URL
     urls = tuple(u.strip().rstrip("/") for u in given.split(",") if u.strip()) or (DEFAULT_API_URL,)

@@ -55,44 +55,58 @@ class Addresses:
             self.current = (self.current + 1) % len(self.urls)
 
 
-def _finished(op: Op[T], stop: StopIteration) -> T:
-    op.close()
-    value: T = stop.value
-    return value
+class _Driver:
+    """What both drivers share: where a call goes, its headers, and the retry decision after
+    each answer. The subclasses add only the sending and the sleeping, blocking or async."""
 
-
-class SyncDriver:
-    def __init__(self, http: httpx.Client, policy: RetryPolicy, endpoint: Endpoint) -> None:
-        self.http = http
+    def __init__(self, policy: RetryPolicy, endpoint: Endpoint) -> None:
         self.policy = policy
-        # Sent with each request, not set on `http`, which may be the caller's own client.
+        # Sent with each request, not set on the http client, which may be the caller's own.
         self.headers = headers(endpoint)
         self.addresses = Addresses(endpoint)
 
+    def _request(self, call: Call) -> dict[str, Any]:
+        return {
+            "method": call.method,
+            "url": self.addresses.target(call),
+            "params": call.params,
+            "content": call.body,
+            "headers": self.headers,
+        }
+
+    def _after_error(self, attempts: Attempts, call: Call, error: httpx.TransportError) -> float:
+        """The delay before sending again, or Unavailable when the call must not be."""
+        delay = attempts.after_transport_error(error)
+        if delay is None:
+            raise _unreachable(call, error) from error
+        self.addresses.fail_over()
+        return delay
+
+    def _after_response(self, attempts: Attempts, response: httpx.Response) -> float | None:
+        """The delay before sending again, or None when `response` is the answer."""
+        delay = attempts.after_status(response.status_code, response.headers.get("Retry-After"))
+        if delay is not None and response.status_code == 503:
+            self.addresses.fail_over()
+        return delay
+
+
+class SyncDriver(_Driver):
+    def __init__(self, http: httpx.Client, policy: RetryPolicy, endpoint: Endpoint) -> None:
+        super().__init__(policy, endpoint)
+        self.http = http
+
     def send(self, call: Call) -> bytes:
         attempts = Attempts(self.policy, call.idempotent)
+        delay: float | None
         while True:
             try:
-                response = self.http.request(
-                    call.method,
-                    self.addresses.target(call),
-                    params=call.params,
-                    content=call.body,
-                    headers=self.headers,
-                )
+                response = self.http.request(**self._request(call))
             except httpx.TransportError as exc:
-                delay = attempts.after_transport_error(exc)
-                if delay is None:
-                    raise _unreachable(call, exc) from exc
-                self.addresses.fail_over()
+                delay = self._after_error(attempts, call, exc)
             else:
-                delay = attempts.after_status(
-                    response.status_code, response.headers.get("Retry-After")
-                )
+                delay = self._after_response(attempts, response)
                 if delay is None:
                     return _outcome(response)
-                if response.status_code == 503:
-                    self.addresses.fail_over()
             time.sleep(delay)
 
     def step(self, step: Step) -> Any:
@@ -108,7 +122,8 @@ class SyncDriver:
             try:
                 step = op.send(reply)
             except StopIteration as stop:
-                return _finished(op, stop)
+                value: T = stop.value
+                return value
             if isinstance(step, Emit):
                 raise TypeError("an iterating operation was run as a call")
             reply = self.step(step)
@@ -127,38 +142,23 @@ class SyncDriver:
                 reply = self.step(step)
 
 
-class AsyncDriver:
+class AsyncDriver(_Driver):
     def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy, endpoint: Endpoint) -> None:
+        super().__init__(policy, endpoint)
         self.http = http
-        self.policy = policy
-        # Sent with each request, not set on `http`, which may be the caller's own client.
-        self.headers = headers(endpoint)
-        self.addresses = Addresses(endpoint)
 
     async def send(self, call: Call) -> bytes:
         attempts = Attempts(self.policy, call.idempotent)
+        delay: float | None
         while True:
             try:
-                response = await self.http.request(
-                    call.method,
-                    self.addresses.target(call),
-                    params=call.params,
-                    content=call.body,
-                    headers=self.headers,
-                )
+                response = await self.http.request(**self._request(call))
             except httpx.TransportError as exc:
-                delay = attempts.after_transport_error(exc)
-                if delay is None:
-                    raise _unreachable(call, exc) from exc
-                self.addresses.fail_over()
+                delay = self._after_error(attempts, call, exc)
             else:
-                delay = attempts.after_status(
-                    response.status_code, response.headers.get("Retry-After")
-                )
+                delay = self._after_response(attempts, response)
                 if delay is None:
                     return _outcome(response)
-                if response.status_code == 503:
-                    self.addresses.fail_over()
             await asyncio.sleep(delay)
 
     async def step(self, step: Step) -> Any:
@@ -174,7 +174,8 @@ class AsyncDriver:
             try:
                 step = op.send(reply)
             except StopIteration as stop:
-                return _finished(op, stop)
+                value: T = stop.value
+                return value
             if isinstance(step, Emit):
                 raise TypeError("an iterating operation was run as a call")
             reply = await self.step(step)

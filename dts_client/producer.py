@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from app.models.task import TaskBatchResult, TaskPublic
+from app.models.task import TaskCreate, TaskPublic
 from dts_client import operations as ops
 
 if TYPE_CHECKING:
@@ -27,7 +27,28 @@ if TYPE_CHECKING:
 # producer faster than the API does not grow without bound.
 PENDING_BATCHES = 4
 
-Item = tuple[dict[str, Any], "Future[TaskPublic]"]
+Item = tuple[TaskCreate, "Future[TaskPublic]"]
+
+
+class Settable(Protocol):
+    """What settle needs of a future: concurrent.futures' and asyncio's both have it."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: TaskPublic, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def settle(futures: Sequence[Settable], outcome: Sequence[TaskPublic] | BaseException) -> None:
+    """Each future gets its task, or the batch's error. A future its caller cancelled is
+    skipped: setting it would raise and leave the rest of the batch unanswered."""
+    if isinstance(outcome, BaseException):
+        for future in futures:
+            if not future.done():
+                future.set_exception(outcome)
+        return
+    for future, task in zip(futures, outcome, strict=True):
+        if not future.done():
+            future.set_result(task)
 
 
 class ProducerClosed(RuntimeError):
@@ -85,7 +106,7 @@ class Producer:
                 self._changed.wait()
             if self._closed:
                 raise ProducerClosed("submit after the producer was closed")
-            self._pending.append((ops.spec_json(spec), future))
+            self._pending.append((spec, future))
             if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
                 self._changed.notify_all()
         return future
@@ -144,16 +165,13 @@ class Producer:
             return batch
 
     def _send(self, batch: list[Item]) -> None:
+        futures = [future for _, future in batch]
         try:
-            body = ops.encode({"tasks": [spec for spec, _ in batch]})
-            answer = self._client._driver.send(ops.Call("POST", "/api/tasks/batch", body=body))
-            tasks = TaskBatchResult.model_validate_json(answer).tasks
+            tasks = self._client._driver.run(ops.submit_many([spec for spec, _ in batch]))
         except Exception as exc:  # every future must learn the outcome, whatever it is
-            for _, future in batch:
-                future.set_exception(exc)
+            settle(futures, exc)
         else:
-            for (_, future), task in zip(batch, tasks, strict=True):
-                future.set_result(task)
+            settle(futures, tasks)
         finally:
             self._in_flight.release()
             with self._changed:

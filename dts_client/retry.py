@@ -1,5 +1,5 @@
 """When to send a call again: the policy is pure (a delay or a refusal), the sending loop is the
-transport's (dts_client/transport.py), so both the blocking and the async client follow it.
+drivers' (dts_client/drivers.py), so both the blocking and the async client follow it.
 
 Sent again: 429 and 503 (the API did nothing, and says when to come back in Retry-After), a
 connection that could not be opened (nothing was sent), and, for idempotent calls only, a

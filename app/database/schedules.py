@@ -18,9 +18,11 @@ from app.models.task import TaskStatus
 ACTIVE = (TaskStatus.PENDING, TaskStatus.RUNNING)
 
 
-async def insert_schedule(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    """Create a schedule; an existing schedule_id raises IntegrityError (the caller's 409)."""
-    await conn.execute(insert(schedules), [values])
+async def insert_schedule(conn: AsyncConnection, values: dict[str, Any]) -> Row[Any]:
+    """Create a schedule and return its row as stored; an existing schedule_id raises
+    IntegrityError (the caller's 409)."""
+    query = insert(schedules).values(**values).returning(*schedules.c)
+    return (await conn.execute(query)).one()
 
 
 async def get_schedule(conn: AsyncConnection, schedule_id: str) -> Row[Any] | None:

@@ -205,7 +205,7 @@ class SchedulePublic(BaseModel):
     next_fire_at: datetime | None
     created_at: datetime
     updated_at: datetime
-    # Newest first; filled by GET /api/schedules/{id}, empty in lists.
+    # Newest first: the latest few on GET and in lists (LAST_FIRES*, app/services/schedules.py).
     last_fires: list[ScheduleFire] = Field(default_factory=list)
 
 

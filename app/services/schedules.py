@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 DUE_PER_TICK = 100
 LAST_FIRES = 20  # on GET one
 ON_TIME_SECONDS = 5.0
-KEEP_FIRES = 1000  # fire history kept per schedule (app/database/schedules.py prune_fires)
+KEEP_FIRES = 1000  # fire history kept per schedule (app/database/schedules.py record_fires)
 LAST_FIRES_IN_LIST = 5  # on the list: enough for the dashboard to see recent failures
 # A change of these recomputes the next fire time from now.
 CADENCE_FIELDS = ("cron", "interval_seconds", "timezone", "start_at", "end_at", "enabled")
@@ -155,11 +155,9 @@ class ScheduleService:
         values["next_fire_at"] = _upcoming(values, now)
         try:
             async with self.db.transaction() as conn:
-                await store.insert_schedule(conn, values)
-                row = await store.get_schedule(conn, spec.schedule_id)
+                row = await store.insert_schedule(conn, values)
         except IntegrityError as exc:
             raise ScheduleExists(spec.schedule_id) from exc
-        assert row is not None
         log.info("schedule.created", schedule_id=spec.schedule_id, next=values["next_fire_at"])
         return to_public(row)
 

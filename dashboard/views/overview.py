@@ -88,7 +88,7 @@ def _failing_schedules() -> None:
     """A line per schedule whose recent runs fail (docs/schedules.md); nothing from an API
     without schedules."""
     try:
-        found = ui.client().schedules()
+        found = ui.schedules()
     except NotSupported:
         return
     except ApiError as exc:

@@ -82,7 +82,7 @@ def render() -> None:
 
 def _live() -> None:
     _show_outcome()
-    schedules = ui.attempt(ui.client().schedules, "list the schedules")
+    schedules = ui.attempt(ui.schedules, "list the schedules")
     if schedules is None:
         return
     if not schedules:

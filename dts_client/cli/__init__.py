@@ -65,8 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Client(url, key, retry=CLI_RETRY) as client:
             return COMMANDS[args.command](client, out, args)
     except (DtsError, tasks.UsageError) as exc:
-        payload = error_payload(exc) if isinstance(exc, DtsError) else {"error": "UsageError"}
-        out.error(str(exc), payload | {"message": str(exc)})
+        if isinstance(exc, DtsError):
+            payload = error_payload(exc)
+        else:
+            payload = {"error": "UsageError", "message": str(exc)}
+        out.error(str(exc), payload)
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130

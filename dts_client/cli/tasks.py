@@ -174,6 +174,7 @@ def logs(client: Client, out: Output, args: argparse.Namespace) -> int:
     page = client.logs(args.task_id, attempt=args.attempt)
     if out.as_json:
         out.json(page)
-    for line in [] if out.as_json else page.lines:
+        return OK
+    for line in page.lines:
         out.console.print(render.log_line(line), markup=False)
     return OK
