@@ -216,15 +216,10 @@ class Network:
             f"{self.tag}-{n}", link, str(hosts[1]), api_ip=str(hosts[0]), redis_ip=str(hosts[2])
         )
         self.namespaces.append(ns)  # close() removes it even if the set-up fails half-way
-        run("ip", "netns", "add", ns.name)
-        run("ip", "link", "add", link, "type", "veth", "peer", "name", NS_LINK, "netns", ns.name)
+        add_namespace(ns.name, link, f"{ns.own_ip}/{subnet.prefixlen}")
         for address in (ns.api_ip, ns.redis_ip):
             run("ip", "addr", "add", f"{address}/{subnet.prefixlen}", "dev", link)
         run("ip", "link", "set", link, "up")
-        inside = ns.exec_prefix
-        run(*inside, "ip", "addr", "add", f"{ns.own_ip}/{subnet.prefixlen}", "dev", NS_LINK)
-        run(*inside, "ip", "link", "set", NS_LINK, "up")
-        run(*inside, "ip", "link", "set", "lo", "up")
 
     def close(self) -> None:
         """Delete the namespaces (their veth pairs go with them). Processes still inside keep a
@@ -236,14 +231,25 @@ class Network:
         atexit.unregister(self.close)
 
 
-def remove_stale() -> None:
-    """Namespaces left by a chaos run that was killed (its pid is gone)."""
+def add_namespace(name: str, link: str, interface: str) -> None:
+    """Namespace `name` joined to this one by a veth pair: NS_LINK inside, up with `interface`
+    (address/prefix), and loopback up; `link` on this side, for the caller to address or bridge
+    and bring up."""
+    run("ip", "netns", "add", name)
+    run("ip", "link", "add", link, "type", "veth", "peer", "name", NS_LINK, "netns", name)
+    inside = ["ip", "netns", "exec", name]
+    run(*inside, "ip", "addr", "add", interface, "dev", NS_LINK)
+    run(*inside, "ip", "link", "set", NS_LINK, "up")
+    run(*inside, "ip", "link", "set", "lo", "up")
+
+
+def remove_stale(prefix: str = PREFIX) -> None:
+    """Namespaces named `<prefix>-<pid>-…` left by a run that was killed (its pid is gone)."""
     try:
         names = run("ip", "netns", "list")
     except SystemFaultError:
         return
-    for name in re.findall(rf"^({PREFIX}-(\d+)-\S+)", names, flags=re.MULTILINE):
-        full, pid = name
+    for full, pid in re.findall(rf"^({prefix}-(\d+)-\S+)", names, flags=re.MULTILINE):
         if not Path(f"/proc/{pid}").exists():
             _quiet("ip", "netns", "del", full)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,11 +129,7 @@ class Stack:
         assert self.api is not None
         if self.api.popen.poll() is not None:
             raise AssertionError(f"API exited:\n{self.api.tail()}")
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"{self.api_url}/health")).status_code == 200
-        except httpx.TransportError:
-            return False
+        return await answers_ok(f"{self.api_url}/health")
 
     def start_worker(
         self,
@@ -163,6 +160,16 @@ class Stack:
 
         await eventually(registered, timeout=timeout, what=f"workers {worker_ids} to register")
 
+    def start_balancer(
+        self, servers: dict[str, str], *, bind: str = ":8000", wrapper: Sequence[str] = ()
+    ) -> Proc:
+        """HAProxy running the shipped configuration for these servers (balancer_config)."""
+        haproxy = shutil.which("haproxy")
+        assert haproxy is not None, "needs haproxy (apt-get install haproxy)"
+        config = self.tmp / "haproxy.cfg"
+        config.write_text(balancer_config(servers, bind))
+        return self._spawn("haproxy", [*wrapper, haproxy, "-db", "-f", str(config)])
+
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
@@ -179,6 +186,25 @@ async def wait_for_status(
         return bool((await http.get(f"/api/tasks/{task_id}")).json()["status"] == status)
 
     await eventually(reached, timeout=timeout, what=f"task {task_id} to be {status}")
+
+
+async def get_json(url: str) -> dict[str, Any] | None:
+    """The JSON object at `url`, or None while nothing answers there (yet)."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            body: dict[str, Any] = (await http.get(url)).json()
+            return body
+    except (httpx.TransportError, ValueError):
+        return None
+
+
+async def answers_ok(url: str) -> bool:
+    """Whether `url` answers 200 (False while nothing listens there)."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            return (await http.get(url)).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def balancer_config(servers: dict[str, str], bind: str = ":8000") -> str:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from app.utils.embedded_servers import PostgresServer, free_port
-from tests.integration.harness import Proc, Stack, balancer_config, eventually
+from tests.integration.harness import Proc, Stack, answers_ok, eventually, get_json
 
 HAPROXY = shutil.which("haproxy")
 pytestmark = [
@@ -46,13 +46,7 @@ class Replicas:
         await eventually(lambda: self.live(index), timeout=60, what=f"replica {index} to answer")
 
     async def live(self, index: int) -> dict[str, object] | None:
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                answer = await http.get(f"http://127.0.0.1:{self.ports[index]}/health/live")
-            body: dict[str, object] = answer.json()
-            return body
-        except httpx.TransportError:
-            return None
+        return await get_json(f"http://127.0.0.1:{self.ports[index]}/health/live")
 
     async def leaders(self) -> list[int]:
         """The running replicas that say they lead (a list, so that replica 0 is truthy)."""
@@ -97,21 +91,11 @@ async def balanced(stack: Stack, postgres: PostgresServer | None) -> Replicas:
     await replicas.start(0)
     await replicas.start(1)
     stack.api_port = free_port()  # the stack's API address, used by its workers, is the balancer
-    config = stack.tmp / "haproxy.cfg"
     servers = {f"api{i}": f"127.0.0.1:{port}" for i, port in enumerate(replicas.ports)}
-    config.write_text(balancer_config(servers, bind=f"127.0.0.1:{stack.api_port}"))
-    assert HAPROXY is not None
-    stack._spawn("haproxy", [HAPROXY, "-db", "-f", str(config)])
-    await eventually(lambda: _ready(stack.api_url), timeout=30, what="the balancer to route")
+    stack.start_balancer(servers, bind=f"127.0.0.1:{stack.api_port}")
+    ready = f"{stack.api_url}/health/ready"
+    await eventually(lambda: answers_ok(ready), timeout=30, what="the balancer to route")
     return replicas
-
-
-async def _ready(url: str) -> bool:
-    try:
-        async with httpx.AsyncClient(timeout=2) as http:
-            return (await http.get(f"{url}/health/ready")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def test_killing_the_leading_replica_behind_the_balancer_loses_nothing(

@@ -23,7 +23,7 @@ import orjson
 import psutil
 
 from app.utils.embedded_servers import PostgresServer, ValkeyServer, free_port
-from tests.integration.harness import Proc, Stack, balancer_config, eventually
+from tests.integration.harness import Proc, Stack, answers_ok, eventually, get_json
 from tests.multihost.world import Hosts
 
 API_PORT = 8000
@@ -81,8 +81,10 @@ class Cluster:
             self.start_api(name)
         for name in self.api_names:
             await eventually(partial(self.live, name), timeout=90, what=f"{name} to answer")
-        self._start_balancer()
-        await eventually(self._routes, timeout=30, what="the balancer to route")
+        servers = {name: f"{self.hosts[name].ip}:{API_PORT}" for name in self.api_names}
+        self.stack.start_balancer(servers, wrapper=self.hosts["lb"].exec_prefix)
+        ready = f"{self.balancer_url}/health/ready"
+        await eventually(lambda: answers_ok(ready), timeout=30, what="the balancer to route")
         for host in range(1, self.shape.worker_hosts + 1):
             for n in range(1, self.shape.workers_per_host + 1):
                 self._start_worker(f"w{host}", f"w{host}-{n}")
@@ -130,16 +132,6 @@ class Cluster:
         self.apis[name] = self.stack._spawn(f"{name}-{len(self.stack.procs)}", command)
         return self.apis[name]
 
-    def _start_balancer(self) -> None:
-        assert self.stack is not None
-        haproxy = shutil.which("haproxy")
-        assert haproxy, "needs haproxy"
-        servers = {name: f"{self.hosts[name].ip}:{API_PORT}" for name in self.api_names}
-        path = self.tmp / "haproxy.cfg"
-        path.write_text(balancer_config(servers))
-        inside = self.hosts["lb"].exec_prefix
-        self.stack._spawn("haproxy", [*inside, haproxy, "-db", "-f", str(path)])
-
     def _start_worker(self, host: str, worker_id: str) -> None:
         assert self.stack is not None
         # The later --api-url wins over the stack's own (loopback, not reachable from a host).
@@ -172,24 +164,12 @@ class Cluster:
         return f"http://{self.hosts[name].ip}:{API_PORT}"
 
     async def live(self, name: str) -> dict[str, Any] | None:
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                body: dict[str, Any] = (await http.get(f"{self.url_of(name)}/health/live")).json()
-                return body
-        except (httpx.TransportError, ValueError):
-            return None
+        return await get_json(f"{self.url_of(name)}/health/live")
 
     async def leaders(self) -> list[str]:
         alive = [n for n in self.api_names if self.apis[n].popen.poll() is None]
         answers = await asyncio.gather(*(self.live(n) for n in alive))
         return [n for n, body in zip(alive, answers, strict=True) if body and body.get("leader")]
-
-    async def _routes(self) -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                return (await http.get(f"{self.balancer_url}/health/ready")).status_code == 200
-        except httpx.TransportError:
-            return False
 
     async def _workers_registered(self) -> bool:
         headers = {"X-API-Key": self.key}

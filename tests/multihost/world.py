@@ -18,21 +18,22 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from tests.chaos.system import (
     NOWHERE,
+    NS_LINK,
     SystemFaultError,
     _quiet,
+    add_namespace,
     allocation_lock,
     free_subnets,
     netns_unavailable,
+    remove_stale,
     run,
 )
 
 PREFIX = "dtsmh"
 SUBNETS = ipaddress.IPv4Network("10.232.0.0/16")
-NS_LINK = "eth0"
 
 
 @dataclass
@@ -73,7 +74,8 @@ class Hosts:
         if reason:
             raise SystemFaultError(reason)
         atexit.register(self.close)
-        remove_stale()
+        remove_stale(PREFIX)
+        remove_stale_bridges()
         with allocation_lock():
             free = free_subnets(SUBNETS)
             if not free:
@@ -102,14 +104,9 @@ class Hosts:
         link = f"dtsh{os.getpid() % 10**5}{random.randrange(16**2):02x}{n}"[:15]
         host = Host(name, f"{self.tag}-{name}", ip, link)
         self.hosts[name] = host  # close() removes it even if the set-up fails half-way
-        run("ip", "netns", "add", host.netns)
-        run("ip", "link", "add", link, "type", "veth", "peer", "name", NS_LINK, "netns", host.netns)
+        add_namespace(host.netns, link, f"{ip}/24")
         run("ip", "link", "set", link, "master", self.bridge)
         run("ip", "link", "set", link, "up")
-        inside = host.exec_prefix
-        run(*inside, "ip", "addr", "add", f"{ip}/24", "dev", NS_LINK)
-        run(*inside, "ip", "link", "set", NS_LINK, "up")
-        run(*inside, "ip", "link", "set", "lo", "up")
 
     def link_down(self, name: str) -> None:
         """Pull the host's cable: nothing in or out until link_up."""
@@ -137,16 +134,12 @@ class Hosts:
         atexit.unregister(self.close)
 
 
-def remove_stale() -> None:
-    """Namespaces and bridges left by a run that was killed (its pid is gone)."""
+def remove_stale_bridges() -> None:
+    """Bridges left by a run that was killed (nothing is attached to them any more)."""
     try:
-        names = run("ip", "netns", "list")
         links = run("ip", "-o", "link", "show", "type", "bridge")
     except SystemFaultError:
         return
-    for full, pid in re.findall(rf"^({PREFIX}-(\d+)-\S+)", names, flags=re.MULTILINE):
-        if not Path(f"/proc/{pid}").exists():
-            _quiet("ip", "netns", "del", full)
     for bridge in re.findall(r"^\d+: (dtsbr\d+[0-9a-f]{2})[:@]", links, flags=re.MULTILINE):
         if not _bridge_has_ports(bridge):
             _quiet("ip", "link", "del", bridge)
