@@ -705,12 +705,19 @@ async def submit_all(stack: Stack, count: int, use_batch: bool) -> Submitted:
 
 
 async def count_tasks(client: httpx.AsyncClient, status: str | None = None) -> int:
-    params: dict[str, str | int] = {"limit": 1}
+    """The exact count: the list's `total` is exact only up to 10,000 past its offset, so
+    count on from where the last answer stopped until one says it is exact."""
+    params: dict[str, str | int] = {"limit": 1, "offset": 0}
     if status is not None:
         params["status"] = status
-    response = await client.get("/api/tasks", params=params)
-    response.raise_for_status()
-    return int(response.json()["total"])
+    for _ in range(1000):  # bounded: ten million tasks
+        response = await client.get("/api/tasks", params=params)
+        response.raise_for_status()
+        answer = response.json()
+        if answer["total_exact"]:
+            return int(answer["total"])
+        params["offset"] = int(answer["total"])
+    raise BenchError("could not count the tasks")
 
 
 async def wait_completed(stack: Stack, target: int, timeout: float = DRAIN_DEADLINE) -> float:
@@ -812,11 +819,19 @@ class PhaseContext:
 
 @contextlib.contextmanager
 def observed(
-    ctx: PhaseContext, stack: Stack, phase: str, *, worker: bool = False
+    ctx: PhaseContext,
+    stack: Stack,
+    phase: str,
+    *,
+    worker: bool = False,
+    start_workers: bool = False,
 ) -> Iterator[Json]:
-    """CPU accounting (and py-spy, with --profile) over the measured window of a phase."""
+    """CPU accounting (and py-spy, with --profile) over the measured window of a phase;
+    `start_workers`: the window opens with their spawn (they are profiled from their start)."""
     profiler = Profiler(ctx.opts.profile_dir, f"{ctx.backend}-{phase}", gil=ctx.opts.profile_gil)
     profiler.attach("api", stack.api)
+    if start_workers:
+        stack.start_workers()
     if worker and stack.workers:
         profiler.attach("worker1", stack.workers[0])
     meter = ctx.meter(stack)
@@ -935,9 +950,8 @@ async def phase_drain(ctx: PhaseContext) -> Json:
         sent = await submit_all(stack, n, use_batch)
         preloaded = await count_tasks(stack.client, "pending")
         say(f"drain: pre-loaded {preloaded} in {sent.seconds:.1f} s; starting the workers")
-        with observed(ctx, stack, "drain") as cpu:
-            spawned = time.perf_counter()
-            stack.start_workers()
+        spawned = time.perf_counter()
+        with observed(ctx, stack, "drain", worker=True, start_workers=True) as cpu:
             done = await wait_completed(stack, sent.accepted)
         tasks, check = await _checked_tasks(stack, n)
     server = span(tasks, "started_at", "completed_at")

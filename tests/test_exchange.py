@@ -222,3 +222,38 @@ async def test_a_start_says_which_tasks_have_dependencies(services: Services) ->
     async with services.db.transaction() as conn:
         rows = await transitions.start(conn, ["child"], worker_id="w1", now=now, lease_until=now)
     assert [(r.task_id, r.has_dependencies) for r in rows] == [("child", True)]
+
+
+async def test_completions_in_one_exchange_release_a_shared_dependent_once(
+    services: Services,
+) -> None:
+    # PostgreSQL counts a dependent's completed dependencies per statement (pg_exchange): two
+    # of them completed together must take it from 2 open dependencies to 0, and queue it once.
+    await submit(services, "left", "right", "lone")
+    await submit(services, "join", dependencies=["left", "right"])
+    await submit(services, "after-lone", dependencies=["lone"])
+    assert await claim_and_start(services, "w1") == dict.fromkeys(["left", "right", "lone"], 1)
+    reports = [done("left", 1, "l"), done("right", 1, "r")]
+    answer = await services.scheduler.exchange("w1", reports, [])
+    assert sorted(answer.accepted) == ["left", "right"]
+    assert await services.queue.queued_ids("echo") == ["join"]
+    started = await claim_and_start(services, "w1")
+    assert started == {"join": 1}
+    async with services.db.read() as conn:
+        assert await repo.dependency_results(conn, ["join"]) == {
+            "join": {"left": "l", "right": "r"}
+        }
+    assert (await get(services, "after-lone")).status == "pending"  # lone is still running
+
+
+async def test_a_claim_of_a_task_completed_in_the_same_exchange_is_refused(
+    services: Services,
+) -> None:
+    # A stray queue entry of a task this worker is reporting: the report records it, and the
+    # claim must not hand the finished attempt back to run as if it were still this worker's.
+    await submit(services, "t1")
+    assert await claim_and_start(services, "w1") == {"t1": 1}
+    answer = await services.scheduler.exchange("w1", [done("t1", 1, "once")], ["t1"])
+    assert (answer.accepted, answer.started, answer.refused_claims) == (["t1"], [], ["t1"])
+    task = await get(services, "t1")
+    assert (task.status, task.result, task.attempt) == ("completed", "once", 1)

@@ -192,6 +192,14 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL: a connection outside any transaction block, on which each statement
+        commits by itself: one round trip for a statement that is atomic on its own, where a
+        transaction around it takes two more, BEGIN and COMMIT (pg_exchange)."""
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that only reads. On SQLite it takes no write lock, so dashboards and
         lists never hold up the workers' reports (WAL lets readers and one writer proceed)."""

@@ -15,8 +15,6 @@ from typing import Any
 import orjson
 from sqlalchemy import (
     Boolean,
-    Text,
-    any_,
     bindparam,
     func,
     literal,
@@ -26,12 +24,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import TextualSelect
 
+from app.database import pg_exchange
 from app.database.tables import attempts, dependencies, tasks, upsert_into
 from app.models.task import FINAL_STATUSES, AttemptOutcome, ReadyTask, TaskStatus
 from app.services import retry_policy
@@ -70,15 +68,20 @@ async def start(
     worker_id: str,
     now: datetime,
     lease_until: datetime,
-) -> list[Row[Any]]:
+) -> list[Any]:
     """pending -> running for claimed tasks still pending, ready and due; each starts a numbered
-    attempt.
+    attempt. Rows of TO_RUN and has_dependencies.
     A task this worker already runs comes back as it is (same attempt, nothing written): a start
     whose answer was lost and is asked again must not turn the worker's own attempt away."""
     if not task_ids:
         return []
+    if _dialect(conn) == "postgresql":
+        params = pg_exchange.values(
+            [], task_ids, worker_id=worker_id, now=now, lease_until=lease_until
+        )
+        return list((await pg_exchange.run(conn, params)).started)
     values = {"ids": list(task_ids), "by": worker_id, "at": now, "lease_until": lease_until}
-    rows = list(await conn.execute(_start_statement(_dialect(conn)), values))
+    rows = list(await conn.execute(_start_statement(), values))
     if len(rows) < len(task_ids):
         rows += await _already_running(conn, task_ids, {r.task_id for r in rows}, worker_id)
     return rows
@@ -96,17 +99,12 @@ TO_RUN = (
 )
 
 
-@functools.lru_cache(maxsize=2)
-def _start_statement(dialect: str) -> Any:
-    """The statement of `start`, built once per dialect. Startable: pending, no open dependency,
-    and due (a stray queue entry of a task waiting out its backoff or its scheduled time must
-    not start it early). On PostgreSQL the ids travel as one array, so the statement's text is
-    the same for every batch size and is prepared once per connection (IN with a list renders
-    one parameter per id: a new statement for each size)."""
-    if dialect == "postgresql":
-        claimed = tasks.c.task_id == any_(bindparam("ids", type_=ARRAY(Text)))
-    else:
-        claimed = tasks.c.task_id.in_(bindparam("ids", expanding=True))
+@functools.cache
+def _start_statement() -> Any:
+    """The statement of `start` on SQLite (PostgreSQL's is in pg_exchange), built once.
+    Startable: pending, no open dependency, and due (a stray queue entry of a task waiting out
+    its backoff or its scheduled time must not start it early)."""
+    claimed = tasks.c.task_id.in_(bindparam("ids", expanding=True))
     now = bindparam("at", type_=tasks.c.updated_at.type)
     due = or_(tasks.c.scheduled_at.is_(None), tasks.c.scheduled_at <= now)
     return (
@@ -162,17 +160,16 @@ async def complete_many(
     the ids recorded (the others were stale) and the dependents this made ready."""
     if not done:
         return [], []
-    dialect = _dialect(conn)
-    source, params = rows_source(
-        conn,
-        "v",
-        [("task_id", "TEXT"), ("attempt", "INTEGER"), ("result", RESULT_TYPE[dialect])],
-        [(c.task_id, c.attempt, _json_text(c.result)) for c in done],
-    )
-    statement = _complete_statement(dialect, source)
+    if _dialect(conn) == "postgresql":
+        params = pg_exchange.values(
+            completed_values(done), [], worker_id=worker_id, now=now, lease_until=now
+        )
+        answer = await pg_exchange.run(conn, params)
+        return answer.completed, answer.ready
+    source, params = values_source("v", ("task_id", "attempt", "result"), completed_values(done))
+    statement = _complete_statement(source)
     rows = (await conn.execute(statement, {**params, "now": now, "worker_id": worker_id})).all()
-    if dialect != "postgresql":
-        await end_attempts(conn, [_ended(r, AttemptOutcome.COMPLETED) for r in rows], now=now)
+    await end_attempts(conn, [_ended(r, AttemptOutcome.COMPLETED) for r in rows], now=now)
     ready: list[ReadyTask] = []
     for r in rows:
         if r.has_dependents:
@@ -180,10 +177,14 @@ async def complete_many(
     return [r.task_id for r in rows], ready
 
 
+def completed_values(done: Sequence[Completion]) -> list[tuple[str, int, str]]:
+    return [(c.task_id, c.attempt, _json_text(c.result)) for c in done]
+
+
 @functools.lru_cache(maxsize=256)
-def _complete_statement(dialect: str, source: str) -> TextualSelect:
-    """The statement of complete_many, built once per row source (on PostgreSQL there is only
-    one: the arrays make the text the same for every batch)."""
+def _complete_statement(source: str) -> TextualSelect:
+    """The statement of complete_many on SQLite (PostgreSQL's is in pg_exchange), built once
+    per row source."""
     complete = f"""
         UPDATE tasks SET status = 'completed', result = v.result, error = NULL,
             completed_at = :now, updated_at = :now, lease_expires_at = NULL
@@ -193,20 +194,6 @@ def _complete_statement(dialect: str, source: str) -> TextualSelect:
         RETURNING tasks.task_id, tasks.attempt, tasks.worker_id, tasks.started_at,
             tasks.has_dependents
     """
-    if dialect == "postgresql":
-        # The attempts' history rows are written in the same round trip (a data-modifying CTE);
-        # ON CONFLICT as in end_attempts.
-        complete = f"""
-            WITH done AS ({complete}), closed AS (
-                INSERT INTO task_attempts
-                    (task_id, attempt, worker_id, started_at, ended_at, outcome)
-                SELECT task_id, attempt, worker_id, started_at, :now, 'completed' FROM done
-                ON CONFLICT (task_id, attempt) DO UPDATE
-                    SET outcome = 'completed', error = NULL, ended_at = :now
-                    WHERE task_attempts.outcome = 'running'
-            )
-            SELECT * FROM done
-        """
     return (
         text(complete)
         .bindparams(bindparam("now", type_=tasks.c.updated_at.type))
@@ -445,11 +432,6 @@ def _end_attempts_statement(dialect: str) -> Any:
     )
 
 
-# Per-row values of a set-based statement travel as one array per column on PostgreSQL (a
-# constant statement, prepared once), and as a VALUES list on SQLite, which has no arrays.
-RESULT_TYPE = {"postgresql": "JSONB", "sqlite": "TEXT"}
-
-
 def _dialect(conn: AsyncConnection) -> str:
     return conn.dialect.name
 
@@ -458,25 +440,18 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def rows_source(
-    conn: AsyncConnection,
-    name: str,
-    columns: Sequence[tuple[str, str]],
-    rows: Sequence[Sequence[Any]],
+def values_source(
+    name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> tuple[str, dict[str, Any]]:
-    """A FROM item named `name` with the given (column, SQL type) columns holding `rows`, and
-    its bind parameters."""
-    names = ", ".join(column for column, _type in columns)
-    if _dialect(conn) == "postgresql":
-        arrays = ", ".join(f"CAST(:{name}_{c} AS {t}[])" for c, t in columns)
-        params = {f"{name}_{c}": [row[i] for row in rows] for i, (c, _t) in enumerate(columns)}
-        return f"unnest({arrays}) AS {name}({names})", params
+    """SQLite: a FROM item named `name` with `columns` holding `rows` (a VALUES list: SQLite has
+    no arrays; PostgreSQL's set-based statements take one array per column), and its bind
+    parameters."""
     params = {f"{name}_{r}_{i}": value for r, row in enumerate(rows) for i, value in enumerate(row)}
     values = ", ".join(
         "(" + ", ".join(f":{name}_{r}_{i}" for i in range(len(columns))) + ")"
         for r in range(len(rows))
     )
-    aliases = ", ".join(f"column{i + 1} AS {c}" for i, (c, _t) in enumerate(columns))
+    aliases = ", ".join(f"column{i + 1} AS {c}" for i, c in enumerate(columns))
     return f"(SELECT {aliases} FROM (VALUES {values})) AS {name}", params
 
 
