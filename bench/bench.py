@@ -892,7 +892,7 @@ async def phase_submit_live(ctx: PhaseContext) -> Json:
     """Single POSTs while the workers run: the API admits and serves the workers at once."""
     opts = ctx.opts
     async with ctx.stack("submit_live", workers=True) as stack:
-        with observed(ctx, stack, "submit_live") as cpu:
+        with observed(ctx, stack, "submit_live", worker=True) as cpu:
             first = time.perf_counter()
             sent = await submit_singles(stack, opts.submit_tasks, opts.concurrency)
         sent.check("submit_live")
