@@ -327,6 +327,8 @@ class Scheduler:
         lease_until: datetime,
     ) -> tuple[list[str], list[ReadyTask], list[Any]]:
         """Completions and starts in one statement, committed on its own (pg_exchange)."""
+        if not reports and not claims:
+            return [], [], []
         done = [transitions.Completion(r.task_id, r.attempt, r.result) for r in reports]
         params = pg_exchange.values(
             transitions.completed_values(done),
