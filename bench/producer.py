@@ -109,8 +109,9 @@ def _result(accepted: int, stored: int, seconds: float, cpu: Json) -> Json:
 
 async def count_pending(client: httpx.AsyncClient, expected: int) -> int:
     """`expected` when exactly that many tasks are pending, else the API's count. The list's
-    `total` is exact only up to 10,000 (bench.count_tasks reads it), so probe by offset: a task
-    at `expected - 1` and none at `expected`."""
+    `total` is exact only up to 10,000 past its offset, and bench.count_tasks counts on 10,000
+    at a time (a million pending: a hundred ever deeper offsets), so probe by offset first: a
+    task at `expected - 1` and none at `expected`."""
 
     async def present(offset: int) -> bool:
         params: dict[str, str | int] = {"status": "pending", "limit": 1, "offset": offset}

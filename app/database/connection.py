@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -191,11 +191,18 @@ class Database:
         async with self.engine.begin() as conn:
             yield conn
 
+    def writing(self, *, one_statement: bool) -> AbstractAsyncContextManager[AsyncConnection]:
+        """Where a write runs: in a transaction, unless it writes with one statement on
+        PostgreSQL (`one_statement`; later statements on the connection may only read). Such a
+        statement is atomic on its own, so it runs outside any transaction block and commits by
+        itself: one round trip where BEGIN and COMMIT around it take two more (pg_exchange).
+        SQLite's writes always go through the group commit."""
+        if one_statement and not self.is_sqlite:
+            return self._autocommit()
+        return self.transaction()
+
     @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
-        """PostgreSQL: a connection outside any transaction block, on which each statement
-        commits by itself: one round trip for a statement that is atomic on its own, where a
-        transaction around it takes two more, BEGIN and COMMIT (pg_exchange)."""
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 

@@ -76,10 +76,10 @@ async def start(
     if not task_ids:
         return []
     if _dialect(conn) == "postgresql":
-        params = pg_exchange.values(
-            [], task_ids, worker_id=worker_id, now=now, lease_until=lease_until
+        _done, _ready, started = await complete_and_start(
+            conn, [], task_ids, worker_id=worker_id, now=now, lease_until=lease_until
         )
-        return list((await pg_exchange.run(conn, params)).started)
+        return started
     values = {"ids": list(task_ids), "by": worker_id, "at": now, "lease_until": lease_until}
     rows = list(await conn.execute(_start_statement(), values))
     if len(rows) < len(task_ids):
@@ -161,11 +161,10 @@ async def complete_many(
     if not done:
         return [], []
     if _dialect(conn) == "postgresql":
-        params = pg_exchange.values(
-            completed_values(done), [], worker_id=worker_id, now=now, lease_until=now
+        completed, released, _started = await complete_and_start(
+            conn, done, [], worker_id=worker_id, now=now, lease_until=now
         )
-        answer = await pg_exchange.run(conn, params)
-        return answer.completed, answer.ready
+        return completed, released
     source, params = values_source("v", ("task_id", "attempt", "result"), completed_values(done))
     statement = _complete_statement(source)
     rows = (await conn.execute(statement, {**params, "now": now, "worker_id": worker_id})).all()
@@ -179,6 +178,31 @@ async def complete_many(
 
 def completed_values(done: Sequence[Completion]) -> list[tuple[str, int, str]]:
     return [(c.task_id, c.attempt, _json_text(c.result)) for c in done]
+
+
+async def complete_and_start(
+    conn: AsyncConnection,
+    done: Sequence[Completion],
+    claims: Sequence[str],
+    *,
+    worker_id: str,
+    now: datetime,
+    lease_until: datetime,
+) -> tuple[list[str], list[ReadyTask], list[Any]]:
+    """complete_many, then start: the ids completed, the dependents made ready, the rows
+    started. On PostgreSQL one statement (pg_exchange), atomic on its own: the caller may run it
+    outside a transaction (Database.writing(one_statement=True))."""
+    if not done and not claims:
+        return [], [], []
+    if _dialect(conn) == "postgresql":
+        params = pg_exchange.values(
+            completed_values(done), claims, worker_id=worker_id, now=now, lease_until=lease_until
+        )
+        answer = await pg_exchange.run(conn, params)
+        return answer.completed, answer.ready, list(answer.started)
+    completed, ready = await complete_many(conn, done, worker_id=worker_id, now=now)
+    started = await start(conn, claims, worker_id=worker_id, now=now, lease_until=lease_until)
+    return completed, ready, started
 
 
 @functools.lru_cache(maxsize=256)

@@ -5,10 +5,8 @@ two leaves the database ahead of Redis, which reconciliation repairs; never the 
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +16,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from app.config import Settings
-from app.database import pg_exchange, transitions
 from app.database import repositories as repo
+from app.database import transitions
 from app.database.admission import AdmissionError, Admitted, NewTask, admit
 from app.database.connection import Database
 from app.models.logs import ShippedLine
@@ -161,22 +159,17 @@ class Scheduler:
         return [(found[a.task_id], a.created) for a in admitted]
 
     async def _admit(self, batch: Sequence[NewTask], now: datetime) -> list[Admitted]:
+        # Without dependencies admission writes one statement: the rows' insert (asyncpg's
+        # executemany is atomic). A concurrent submission of the same id between its look and
+        # its insert still ends in an IntegrityError.
+        alone = not any(new.dependencies for new in batch)
         try:
-            async with self._admission(batch) as conn:
+            async with self.db.writing(one_statement=alone) as conn:
                 return await admit(conn, batch, now=now)
         except IntegrityError:
             # A concurrent submission of the same id won the insert; compare against it instead.
             async with self.db.transaction() as conn:
                 return await admit(conn, batch, now=now)
-
-    def _admission(self, batch: Sequence[NewTask]) -> AbstractAsyncContextManager[Any]:
-        """Without dependencies, admission writes one statement (the rows' insert, atomic on
-        its own: asyncpg's executemany is), so on PostgreSQL it needs no BEGIN and COMMIT
-        around it. A race with a concurrent submission of the same id between its look and its
-        insert ends in an IntegrityError like in a transaction."""
-        if self.db.is_sqlite or any(new.dependencies for new in batch):
-            return self.db.transaction()
-        return self.db.autocommit()
 
     # --- operator actions ------------------------------------------------------------------------
 
@@ -289,23 +282,29 @@ class Scheduler:
         self, worker_id: str, reports: Sequence[TaskReport], claims: Sequence[str]
     ) -> ExchangeResponse:
         """Scheduler.exchange in one transaction (on PostgreSQL, when every report is a
-        completion, in one statement: pg_exchange)."""
+        completion, one statement: transitions.complete_and_start)."""
         now = self.clock()
         # The database lease is the backstop behind the Redis one; heartbeats extend it.
         lease_until = now + timedelta(seconds=self.settings.worker_offline_after)
-        if not self.db.is_sqlite and all(r.outcome == AttemptOutcome.COMPLETED for r in reports):
-            accepted, to_queue, rows = await self._complete_and_start(
-                worker_id, reports, claims, now, lease_until
-            )
-            async with self._read_if(rows, claims) as conn:
-                results, later, orphans = await self._around_starts(conn, rows, claims, now)
-        else:
-            async with self.db.transaction() as conn:
+        # Completions and starts alone are one statement on PostgreSQL: no transaction around it
+        # (the reads that follow see what it committed).
+        completions_only = all(r.outcome == AttemptOutcome.COMPLETED for r in reports)
+        async with self.db.writing(one_statement=completions_only) as conn:
+            if completions_only:
+                done = [transitions.Completion(r.task_id, r.attempt, r.result) for r in reports]
+                accepted, to_queue, rows = await transitions.complete_and_start(
+                    conn, done, claims, worker_id=worker_id, now=now, lease_until=lease_until
+                )
+                monitoring.ATTEMPTS_ENDED.labels(AttemptOutcome.COMPLETED).inc(len(accepted))
+            else:
                 accepted, to_queue = await self._record(conn, worker_id, reports, now)
                 rows = await transitions.start(
                     conn, claims, worker_id=worker_id, now=now, lease_until=lease_until
                 )
-                results, later, orphans = await self._around_starts(conn, rows, claims, now)
+            wanted = [r.task_id for r in rows if r.has_dependencies]
+            results = await repo.dependency_results(conn, wanted) if wanted else {}
+            refused = _missing(claims, [r.task_id for r in rows])
+            later, orphans = await self._refused(conn, refused, now) if refused else ([], [])
         started = [_to_run(r, results.get(r.task_id)) for r in rows]
         answer = ExchangeResponse(
             started=started,
@@ -317,50 +316,6 @@ class Scheduler:
         settled = self._settle(worker_id, reports, answer, to_queue + later, orphans)
         await self._tell_redis(settled)
         return answer
-
-    async def _complete_and_start(
-        self,
-        worker_id: str,
-        reports: Sequence[TaskReport],
-        claims: Sequence[str],
-        now: datetime,
-        lease_until: datetime,
-    ) -> tuple[list[str], list[ReadyTask], list[Any]]:
-        """Completions and starts in one statement, committed on its own (pg_exchange)."""
-        if not reports and not claims:
-            return [], [], []
-        done = [transitions.Completion(r.task_id, r.attempt, r.result) for r in reports]
-        params = pg_exchange.values(
-            transitions.completed_values(done),
-            claims,
-            worker_id=worker_id,
-            now=now,
-            lease_until=lease_until,
-        )
-        async with self.db.autocommit() as conn:
-            answer = await pg_exchange.run(conn, params)
-        monitoring.ATTEMPTS_ENDED.labels(AttemptOutcome.COMPLETED).inc(len(answer.completed))
-        return answer.completed, answer.ready, list(answer.started)
-
-    @contextlib.asynccontextmanager
-    async def _read_if(self, rows: Sequence[Any], claims: Sequence[str]) -> AsyncIterator[Any]:
-        """A read transaction, when _around_starts has something to read."""
-        if len(rows) == len(claims) and not any(r.has_dependencies for r in rows):
-            yield None
-            return
-        async with self.db.read() as conn:
-            yield conn
-
-    async def _around_starts(
-        self, conn: Any, rows: Sequence[Any], claims: Sequence[str], now: datetime
-    ) -> tuple[dict[str, Any], list[ReadyTask], list[tuple[str, str, str]]]:
-        """What the starts need besides: their dependencies' results, and what to do in Redis
-        about the claims refused (_refused)."""
-        wanted = [r.task_id for r in rows if r.has_dependencies]
-        results = await repo.dependency_results(conn, wanted) if wanted else {}
-        refused = _missing(claims, [r.task_id for r in rows])
-        later, orphans = await self._refused(conn, refused, now) if refused else ([], [])
-        return results, later, orphans
 
     async def _refused(
         self, conn: Any, task_ids: Sequence[str], now: datetime
